@@ -1,0 +1,124 @@
+"""`privaudit train`: DP-SGD (or non-private) training into a run directory."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ._errors import BadInput, bad_input_as_exit_2
+
+__all__ = ["train"]
+
+
+def _read_config(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as exc:
+        raise BadInput(f"Cannot read --config file {path!r}: {exc.strerror or exc}.") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise BadInput(f"--config file {path!r} is not valid TOML: {exc}.") from None
+    # A run's own config.toml keeps the settings under [settings]: accept both layouts.
+    return dict(data.get("settings", data))
+
+
+@click.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML file of settings (flags win).")
+@click.option("--data", default="digits", show_default=True,
+              help="digits | breast-cancer | synthetic | synthetic-tokens | cifar10[:DIR] | PATH.csv | PATH.parquet")
+@click.option("--target", help="Label column for CSV/Parquet data.")
+@click.option("--model", type=click.Choice(["logreg", "mlp", "cnn", "transformer"]), default="mlp", show_default=True)
+@click.option("--epochs", type=float, default=60.0, show_default=True)
+@click.option("--batch-size", type=int, default=256, show_default=True, help="Expected (logical) batch size q*N.")
+@click.option("--lr", type=float, default=2.0, show_default=True, help="SGD learning rate.")
+@click.option("--momentum", type=float, default=0.9, show_default=True)
+@click.option("--noise-multiplier", type=float, help="Noise std / clipping norm.")
+@click.option("--target-epsilon", type=float, help="Calibrate the noise for this epsilon at --delta.")
+@click.option("--delta", type=float, default=1e-5, show_default=True)
+@click.option("--max-grad-norm", type=float, default=0.1, show_default=True, help="Per-example clipping norm C.")
+@click.option("--clipping", type=click.Choice(["flat", "per_layer"]), default="flat", show_default=True)
+@click.option("--accountant", type=click.Choice(["pld", "rdp", "gdp"]), default="pld", show_default=True)
+@click.option("--physical-batch-size", type=int, help="Rows per forward pass (default: automatic).")
+@click.option("--no-dp", is_flag=True, help="Train the same model without DP (attack baseline).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Model, sampler and noise seed.")
+@click.option("--split-seed", type=int, default=0, show_default=True, help="Train/held-out split seed.")
+@click.option("--test-fraction", type=float, default=0.2, show_default=True)
+@click.option("--secure-rng", is_flag=True, help="Seed the noise from the OS CSPRNG (not reproducible).")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
+@click.option("--name", help="Run name (default: derived from the settings).")
+@click.option("--out", default="runs", show_default=True, type=click.Path(file_okay=False))
+@click.option("--resume", is_flag=True, help="Continue runs/<name> from its last checkpoint.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.pass_context
+def train(ctx: click.Context, config_path: str | None, resume: bool, quiet: bool, **flags: Any) -> None:
+    """Train a model with DP-SGD and write runs/<name>/ (config, weights, ledger, split, metrics).
+
+    \b
+    Examples:
+      privaudit train --target-epsilon 1 --name digits-eps1
+      privaudit train --no-dp --name digits-nodp
+      privaudit train --name digits-eps1 --resume
+    """
+    from ..training._job import TrainSettings, train_job
+
+    with bad_input_as_exit_2():
+        values: dict[str, Any] = {}
+        if config_path is not None:
+            values.update(_read_config(config_path))
+        for key, value in flags.items():
+            source = ctx.get_parameter_source(key)
+            if source is not click.core.ParameterSource.DEFAULT or key not in values:
+                values[key] = value
+        values = {k: v for k, v in values.items() if v is not None}
+        if resume:
+            from ..training._rundir import RunDir
+
+            name = values.get("name") or TrainSettings.from_mapping(values).run_name()
+            rd = RunDir.open(Path(values.get("out", "runs")) / name)
+            stored = dict(rd.read_config().get("settings", {}))
+            stored.update(out=values.get("out", "runs"), device=values.get("device", "auto"), name=name)
+            values = stored
+        settings = TrainSettings.from_mapping(values)
+        result = _run(settings, resume=resume, quiet=quiet, train_job=train_job)
+    _print_result(result, settings)
+    if result.interrupted:
+        click.echo(f"Interrupted after {result.steps} steps; checkpoint saved. Continue with: "
+                   f"privaudit train --name {settings.run_name()} --out {settings.out} --resume", err=True)
+        ctx.exit(130)
+
+
+def _run(settings: Any, *, resume: bool, quiet: bool, train_job: Any) -> Any:
+    if quiet:
+        return train_job(settings, resume=resume)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  TextColumn("{task.fields[info]}"), transient=False) as progress:
+        task = progress.add_task("train", total=None, info="")
+        last = {"acc": float("nan"), "eps": 0.0}
+
+        def on_step(trainer: Any, stats: Any) -> None:
+            progress.update(task, total=trainer.planned_steps, completed=trainer.steps_taken,
+                            info=f"loss {stats.loss:.3f}  test acc {last['acc']:.3f}  eps {last['eps']:.3f}")
+
+        def on_epoch(rec: Any) -> None:
+            last["acc"], last["eps"] = rec.test_accuracy, rec.epsilon
+
+        return train_job(settings, resume=resume, on_step=on_step, on_epoch=on_epoch)
+
+
+def _print_result(result: Any, settings: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"privaudit train: {result.run_dir}")
+    for col in ("test accuracy", f"epsilon (delta={settings.delta:g})", "noise multiplier", "steps", "time (s)"):
+        table.add_column(col, justify="right")
+    eps = "inf (no DP)" if settings.no_dp else f"{result.epsilon:.4f}"
+    sigma = "-" if result.noise_multiplier is None else f"{result.noise_multiplier:.4f}"
+    table.add_row(f"{result.test_accuracy:.4f}", eps, sigma, f"{result.steps}/{result.planned_steps}",
+                  f"{result.seconds:.1f}")
+    Console().print(table)

@@ -1,0 +1,350 @@
+"""A whole training run: data -> model -> DP-SGD -> run directory (resumable).
+
+`train_job(settings)` is what `privaudit train` calls. It writes everything the
+accountant, the attacks and the audits need into `runs/<name>/` (see `RunDir`):
+the resolved config, the member/non-member split and seeds, the privacy ledger,
+per-epoch metrics, the weights (safetensors) and a summary.
+
+Resume semantics: a checkpoint (model, optimizer, sampler and noise generator
+states, step count and ledger) is written atomically after every epoch and when
+the run is interrupted (SIGINT/SIGTERM are caught and honoured between steps).
+`resume=True` continues from the last checkpoint. Steps taken after that
+checkpoint by the interrupted process are replayed with the *same* sampler and
+noise generator states, so they release exactly the same outputs and are
+recorded once: the resumed ledger equals the ledger of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import signal
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import _validate, __version__
+from ..accounting import ACCOUNTANT_NAMES
+from ._data import Dataset, load_dataset
+from ._engine import PrivateTrainer, make_private
+from ._models import MODEL_NAMES, build_model
+from ._rundir import RunDir, flatten_state, unflatten_state
+
+__all__ = ["EpochRecord", "TrainResult", "TrainSettings", "train_job"]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainSettings:
+    """Everything `privaudit train` accepts. Defaults are the tuned digits recipe.
+
+    Exactly one of `noise_multiplier` and `target_epsilon` is given unless `no_dp`.
+    """
+
+    data: str = "digits"
+    target: str | None = None
+    model: str = "mlp"
+    epochs: float = 60.0
+    batch_size: int = 256
+    lr: float = 2.0
+    momentum: float = 0.9
+    max_grad_norm: float = 0.1
+    noise_multiplier: float | None = None
+    target_epsilon: float | None = None
+    delta: float = 1e-5
+    no_dp: bool = False
+    clipping: str = "flat"
+    accountant: str = "pld"
+    physical_batch_size: int | None = None
+    seed: int = 0
+    split_seed: int = 0
+    test_fraction: float = 0.2
+    secure_rng: bool = False
+    device: str = "auto"
+    name: str | None = None
+    out: str = "runs"
+
+    def __post_init__(self) -> None:
+        if self.model not in MODEL_NAMES:
+            raise ValueError(f"Expected model={self.model!r} in {list(MODEL_NAMES)}.")
+        if self.accountant not in ACCOUNTANT_NAMES:
+            raise ValueError(f"Expected accountant={self.accountant!r} in {list(ACCOUNTANT_NAMES)}.")
+        _validate.positive(epochs=self.epochs, lr=self.lr, max_grad_norm=self.max_grad_norm)
+        _validate.in_range(0.0, 1.0, hi_open=True, momentum=self.momentum)
+        _validate.integer(minimum=1, batch_size=self.batch_size)
+        _validate.integer(minimum=0, seed=self.seed, split_seed=self.split_seed)
+        _validate.in_range(0.0, 1.0, lo_open=True, hi_open=True, delta=self.delta,
+                           test_fraction=self.test_fraction)
+        if self.physical_batch_size is not None:
+            _validate.integer(minimum=1, physical_batch_size=self.physical_batch_size)
+        if self.no_dp:
+            if self.noise_multiplier is not None or self.target_epsilon is not None:
+                raise ValueError("--no-dp trains without noise: drop --noise-multiplier/--target-epsilon.")
+        elif (self.noise_multiplier is None) == (self.target_epsilon is None):
+            raise ValueError("Give exactly one of noise_multiplier and target_epsilon (or no_dp).")
+        if self.noise_multiplier is not None:
+            _validate.positive(noise_multiplier=self.noise_multiplier)
+        if self.target_epsilon is not None:
+            _validate.positive(target_epsilon=self.target_epsilon)
+        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
+            raise ValueError(f"Expected device={self.device!r} in ['auto', 'cpu', 'cuda', 'cuda:N'].")
+
+    def run_name(self) -> str:
+        if self.name:
+            return self.name
+        budget = "nodp" if self.no_dp else (
+            f"eps{self.target_epsilon:g}" if self.target_epsilon is not None else f"sigma{self.noise_multiplier:g}")
+        data = Path(self.data).stem if ("/" in self.data or "." in self.data) else self.data
+        return f"{data}-{self.model}-{budget}-seed{self.seed}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> TrainSettings:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"Unknown training setting(s) {unknown}; accepted: {sorted(known)}.")
+        return cls(**dict(data))
+
+
+@dataclasses.dataclass(frozen=True)
+class EpochRecord:
+    """One line of `metrics.jsonl`."""
+
+    epoch: int
+    step: int
+    train_loss: float
+    train_accuracy: float
+    test_loss: float
+    test_accuracy: float
+    epsilon: float
+    seconds: float
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+    """What a finished (or interrupted) run reports."""
+
+    run_dir: Path
+    steps: int
+    planned_steps: int
+    epsilon: float
+    delta: float
+    noise_multiplier: float | None
+    test_accuracy: float
+    seconds: float
+    interrupted: bool
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name!r} was asked for but no CUDA device is available.")
+    return dev
+
+
+def _load_data(s: TrainSettings) -> Dataset:
+    return load_dataset(s.data, seed=s.split_seed, test_fraction=s.test_fraction, target=s.target,
+                        image_shape=(s.model == "cnn"))
+
+
+def _tensors(ds: Dataset) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def t(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a))
+
+    return t(ds.x_train), t(ds.y_train).long(), t(ds.x_test), t(ds.y_test).long()
+
+
+def build_for(s: TrainSettings, ds: Dataset) -> nn.Module:
+    """The model of `s` for dataset `ds` (seeded by `s.seed`)."""
+    torch.manual_seed(s.seed)
+    kwargs: dict[str, Any] = {}
+    if s.model == "transformer":
+        if ds.kind != "tokens" or ds.vocab_size is None:
+            raise ValueError(f"model='transformer' needs a token dataset (e.g. synthetic-tokens), got {ds.name!r}.")
+        kwargs["vocab_size"] = ds.vocab_size
+    elif ds.kind == "tokens":
+        raise ValueError(f"Token dataset {ds.name!r} needs model='transformer', got {s.model!r}.")
+    return build_model(s.model, input_shape=ds.input_shape, num_classes=ds.num_classes, **kwargs)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, device: torch.device,
+             batch_size: int = 2048) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) of `model` on (x, y)."""
+    was_training = model.training
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    for i in range(0, x.shape[0], batch_size):
+        xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
+        out = model(xb)
+        loss_sum += float(nn.functional.cross_entropy(out, yb, reduction="sum"))
+        correct += int((out.argmax(1) == yb).sum())
+    model.train(was_training)
+    n = max(1, x.shape[0])
+    return loss_sum / n, correct / n
+
+
+@contextmanager
+def _stop_requests() -> Iterator[list[int]]:
+    """Turns SIGINT/SIGTERM into a flag checked between steps (a step is never cut in half)."""
+    flag: list[int] = []
+
+    def handler(signum: int, frame: Any) -> None:
+        flag.append(signum)
+
+    previous = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            previous[sig] = signal.signal(sig, handler)
+        except ValueError:  # not the main thread: no signal handling, still correct
+            pass
+    try:
+        yield flag
+    finally:
+        for sig, h in previous.items():
+            signal.signal(sig, h)
+
+
+def _checkpoint(rd: RunDir, trainer: PrivateTrainer, epoch: int) -> None:
+    tensors, skeleton = flatten_state(trainer.state_dict())
+    rd.save_checkpoint(tensors=tensors, state={"trainer": skeleton, "epoch": epoch})
+    rd.write_ledger(trainer.ledger)
+
+
+def train_job(
+    settings: TrainSettings,
+    *,
+    resume: bool = False,
+    on_step: Callable[[PrivateTrainer, Any], None] | None = None,
+    on_epoch: Callable[[EpochRecord], None] | None = None,
+    max_steps: int | None = None,
+) -> TrainResult:
+    """Trains as `settings` says and writes the run directory.
+
+    Args:
+        settings: the run's settings.
+        resume: continue `out/name` from its last checkpoint (the stored config wins;
+            `settings` must describe the same run).
+        on_step / on_epoch: progress callbacks.
+        max_steps: stop (as if interrupted, with a checkpoint) after this many steps
+            in total; used to test resumption.
+
+    Raises:
+        ValueError: bad settings, an existing run without `resume`, or a resume whose
+            settings differ from the stored ones.
+    """
+    s = settings
+    out = Path(s.out)
+    name = s.run_name()
+    if resume:
+        rd = RunDir.open(out / name)
+        stored = rd.read_config().get("settings", {})
+        mine = {k: v for k, v in s.to_dict().items() if v is not None}
+        diff = sorted(k for k in set(stored) | set(mine) if k not in ("out", "device") and stored.get(k) != mine.get(k))
+        if diff:
+            raise ValueError(f"--resume: the settings differ from the stored run in {diff}.")
+    else:
+        if (out / name).exists():
+            raise ValueError(f"Run directory {str(out / name)!r} exists: use --resume, or another --name.")
+        rd = RunDir.create(out, name)
+    device = _device(s.device)
+    ds = _load_data(s)
+    model = build_for(s, ds)
+    x_tr, y_tr, x_te, y_te = _tensors(ds)
+    optimizer = torch.optim.SGD(model.parameters(), lr=s.lr, momentum=s.momentum)
+    trainer = make_private(
+        module=model, optimizer=optimizer, data=(x_tr, y_tr), loss_fn=nn.CrossEntropyLoss(),
+        epochs=s.epochs, expected_batch_size=min(s.batch_size, ds.n_train),
+        max_grad_norm=None if s.no_dp else s.max_grad_norm,
+        noise_multiplier=s.noise_multiplier, target_epsilon=s.target_epsilon, target_delta=s.delta,
+        physical_batch_size=s.physical_batch_size, clipping=s.clipping, accountant=s.accountant,
+        seed=None if s.secure_rng else s.seed, secure_rng=s.secure_rng, device=device, no_dp=s.no_dp)
+    start_epoch = 0
+    if resume:
+        ckpt = rd.load_checkpoint()
+        if ckpt is not None:
+            tensors, state = ckpt
+            trainer.load_state_dict(unflatten_state(state["trainer"], tensors))
+            start_epoch = int(state["epoch"])
+    else:
+        config = {
+            "privaudit_version": __version__,
+            "torch_version": torch.__version__,
+            "settings": {k: v for k, v in s.to_dict().items() if v is not None},
+            "resolved": {
+                "run_name": name,
+                "device": str(device),
+                "dataset": ds.describe(),
+                "planned_steps": trainer.planned_steps,
+                "dp": None if trainer.config is None else trainer.config.to_dict(),
+                "rng": trainer.rng_record.to_dict(),
+                "neighboring_relation": trainer.ledger.neighboring_relation,
+                "sampler": "shuffle" if s.no_dp else "poisson",
+            },
+        }
+        rd.write_config(config)
+        rd.write_split(ds.split_record(), {
+            "training_seed": s.seed, "noise_seed": trainer.rng_record.seed,
+            "secure_rng": trainer.rng_record.secure_rng, "model_init_seed": s.seed})
+        rd.write_ledger(trainer.ledger)
+    # Epoch boundaries (where metrics and checkpoints are written): every ceil(N / B) steps.
+    steps_per_epoch = max(1, math.ceil(ds.n_train / min(s.batch_size, ds.n_train)))
+    t0 = time.perf_counter()
+    interrupted = False
+    epoch = start_epoch
+    with _stop_requests() as stop:
+        while trainer.remaining_steps > 0:
+            boundary = min(trainer.planned_steps, (epoch + 1) * steps_per_epoch)
+            todo = max(1, boundary - trainer.steps_taken)
+            for _ in range(todo):
+                if stop or (max_steps is not None and trainer.steps_taken >= max_steps):
+                    interrupted = True
+                    break
+                st = trainer.step()
+                if on_step is not None:
+                    on_step(trainer, st)
+            if interrupted:
+                _checkpoint(rd, trainer, epoch)
+                break
+            epoch += 1
+            tr_loss, tr_acc = evaluate(model, x_tr, y_tr, device=device)
+            te_loss, te_acc = evaluate(model, x_te, y_te, device=device)
+            eps = trainer.epsilon(s.delta)
+            rec = EpochRecord(epoch=epoch, step=trainer.steps_taken, train_loss=tr_loss, train_accuracy=tr_acc,
+                              test_loss=te_loss, test_accuracy=te_acc, epsilon=eps,
+                              seconds=time.perf_counter() - t0)
+            rd.append_metrics(dataclasses.asdict(rec))
+            rd.save_weights(model.state_dict(), metadata={"steps": str(trainer.steps_taken)})
+            _checkpoint(rd, trainer, epoch)
+            if on_epoch is not None:
+                on_epoch(rec)
+    _, te_acc = evaluate(model, x_te, y_te, device=device)
+    eps = trainer.epsilon(s.delta)
+    seconds = time.perf_counter() - t0
+    trainer.close()
+    result = TrainResult(run_dir=rd.path, steps=trainer.steps_taken, planned_steps=trainer.planned_steps,
+                         epsilon=eps, delta=s.delta,
+                         noise_multiplier=None if trainer.config is None else trainer.config.noise_multiplier,
+                         test_accuracy=te_acc, seconds=seconds, interrupted=interrupted)
+    if not interrupted:
+        rd.save_weights(model.state_dict(), metadata={"steps": str(trainer.steps_taken)})
+        rd.write_ledger(trainer.ledger)
+        rd.write_summary({
+            "status": "complete", "steps": result.steps, "planned_steps": result.planned_steps,
+            "epsilon": eps if math.isfinite(eps) else None, "delta": s.delta,
+            "private": not s.no_dp, "noise_multiplier": result.noise_multiplier,
+            "max_grad_norm": None if s.no_dp else s.max_grad_norm,
+            "sampling_rate": None if trainer.config is None else trainer.config.sampling_rate,
+            "accountant": s.accountant, "test_accuracy": te_acc, "train_seconds": seconds,
+            "n_train": ds.n_train, "n_test": ds.n_test})
+    return result
