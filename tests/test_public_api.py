@@ -6,7 +6,7 @@ import importlib
 
 import pytest
 
-PACKAGES = ["privaudit", "privaudit.accounting", "privaudit.attacks", "privaudit.cli"]
+PACKAGES = ["privaudit", "privaudit.accounting", "privaudit.attacks", "privaudit.audit", "privaudit.cli"]
 
 
 @pytest.mark.parametrize("name", PACKAGES)
