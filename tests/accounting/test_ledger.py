@@ -106,3 +106,19 @@ def test_extend_requires_same_relation():
     b = PrivacyLedger(neighboring_relation="replace_one")
     with pytest.raises(ValueError, match="neighboring_relation"):
         a.extend(b)
+
+
+def test_identical_consecutive_steps_are_merged_but_never_lost():
+    ledger = PrivacyLedger()
+    step = PoissonSampledEvent(0.01, GaussianEvent(1.0))
+    for _ in range(1000):
+        ledger.record(step)
+    ledger.record(PoissonSampledEvent(0.01, GaussianEvent(2.0)))
+    ledger.record(step, 5)
+    assert [e.count for e in ledger.entries] == [1000, 1, 5]
+    assert ledger.total_count() == 1006
+    assert ledger.entries[0].timestamp <= ledger.entries[0].last_timestamp
+    unmerged = PrivacyLedger()
+    unmerged.record(step, merge=False)
+    unmerged.record(step, merge=False)
+    assert len(unmerged) == 2

@@ -30,18 +30,21 @@ def _now() -> str:
 
 @dataclasses.dataclass(frozen=True)
 class LedgerEntry:
-    """`count` runs of `event`, recorded at `timestamp` (ISO 8601, UTC)."""
+    """`count` runs of `event`: the first recorded at `timestamp`, the last at
+    `last_timestamp` (ISO 8601, UTC; equal when count is 1)."""
 
     event: DpEvent
     count: int
     timestamp: str
     note: str = ""
+    last_timestamp: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "event": self.event.to_dict(),
             "count": self.count,
             "timestamp": self.timestamp,
+            "last_timestamp": self.last_timestamp or self.timestamp,
             "note": self.note,
         }
 
@@ -55,6 +58,7 @@ class LedgerEntry:
                 count=int(count),
                 timestamp=str(data["timestamp"]),
                 note=str(data.get("note", "")),
+                last_timestamp=str(data.get("last_timestamp", data["timestamp"])),
             )
         except KeyError as exc:
             raise ValueError(f"Ledger entry lacks the field {exc.args[0]!r}: {data!r}.") from None
@@ -94,13 +98,23 @@ class PrivacyLedger:
             and self._entries == other._entries
         )
 
-    def record(self, event: DpEvent, count: int = 1, *, note: str = "") -> LedgerEntry:
-        """Appends `count` runs of `event`. Consecutive identical events should be
-        recorded with their count rather than one entry each (the ledger stays small)."""
+    def record(self, event: DpEvent, count: int = 1, *, note: str = "", merge: bool = True) -> LedgerEntry:
+        """Appends `count` runs of `event`.
+
+        With `merge` (the default), runs of the same event and note as the last
+        entry extend that entry's count and `last_timestamp`, so 10,000 identical
+        DP-SGD steps take one entry, not 10,000. Nothing is ever removed.
+        """
         if not isinstance(event, DpEvent):
             raise ValueError(f"Expected event to be a DpEvent, got {type(event).__name__}.")
         _validate.integer(minimum=0, count=count)
-        entry = LedgerEntry(event=event, count=int(count), timestamp=_now(), note=note)
+        now = _now()
+        if merge and self._entries and self._entries[-1].event == event and self._entries[-1].note == note:
+            last = self._entries[-1]
+            entry = dataclasses.replace(last, count=last.count + int(count), last_timestamp=now)
+            self._entries[-1] = entry
+            return entry
+        entry = LedgerEntry(event=event, count=int(count), timestamp=now, note=note, last_timestamp=now)
         self._entries.append(entry)
         return entry
 
