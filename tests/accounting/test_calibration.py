@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from privaudit.accounting import calibrate_noise_multiplier, epsilon_for, sampling_rate_and_steps
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=12, deadline=None)
 @given(
     eps=st.floats(0.5, 10.0),
     q=st.sampled_from([1e-3, 1e-2, 0.1, 1.0]),
