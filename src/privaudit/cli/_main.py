@@ -18,6 +18,7 @@ _LAZY = {
     "audit": ("privaudit.cli.audit", "audit"),
     "report": ("privaudit.cli.report", "report"),
     "run": ("privaudit.cli.run", "run"),
+    "sweep": ("privaudit.cli.sweep", "sweep"),
 }
 
 

@@ -1,0 +1,214 @@
+"""Gradients of K stacked models in one pass: batch gradients, and clipped sums of per-example gradients.
+
+Two ways to the clipped sum sum_i c_i g_i (same result up to rounding):
+
+* ``"materialize"`` (any architecture): per-example gradients by
+  `vmap(grad)` over rows nested inside `vmap` over models, their flat norms,
+  then the weighted sum. Memory: K x rows x parameters floats.
+* ``"ghost"`` (models whose trainable parameters all sit in plain
+  `nn.Linear` layers: logreg, mlp): one backward pass per model for the
+  gradients delta_i of the loss with respect to each layer's output, the
+  layer inputs a_i kept from the forward pass; then ||dW_i||^2 =
+  ||a_i||^2 ||delta_i||^2 for (rows, features) inputs (Goodfellow 2015,
+  arXiv 1510.01799v2, Sec. 4), the Gram-matrix form
+  sum_{t,s} (a_it . a_is)(delta_it . delta_is) for (rows, T, features) inputs
+  (Li et al. 2022, arXiv 2110.05679v6, Sec. 4, "ghost clipping"), and the
+  clipped sum sum_i c_i delta_i a_i^T straight from the same tensors (Bu et
+  al. 2022, arXiv 2210.00038v3, Alg. 1: no second backward pass). No
+  per-example gradient is ever formed, which is what makes DP shadows cheap.
+
+``"auto"`` takes ghost where it applies. Clip factors are the engine's:
+c_i = min(1, C / (||g_i|| + 1e-6)) in flat L2, or per layer with C / sqrt(L).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from ..training._clipping import NORM_EPS, find_units
+
+__all__ = ["PER_EXAMPLE_MODES", "StackedGrads"]
+
+PER_EXAMPLE_MODES = ("auto", "ghost", "materialize")
+
+
+def _plain_linears(template: nn.Module) -> dict[str, nn.Linear]:
+    return {name: m for name, m in template.named_modules()
+            if isinstance(m, nn.Linear) and type(m).forward is nn.Linear.forward}
+
+
+def ghost_applies(template: nn.Module) -> bool:
+    """True when every trainable parameter belongs to a plain nn.Linear layer."""
+    owned = set()
+    for name, m in _plain_linears(template).items():
+        owned.update(f"{name}.{p}" if name else p for p, _ in m.named_parameters(recurse=False))
+    return owned == {n for n, _ in template.named_parameters()}
+
+
+class _Taps:
+    """Forward hooks on the Linear layers: record each input, add a zero perturbation to each output
+    (the gradient with respect to that perturbation is the output gradient delta). Inactive unless `state` is set."""
+
+    def __init__(self, layers: dict[str, nn.Linear]) -> None:
+        self.state: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None
+        self.handles = [m.register_forward_hook(self._hook(name)) for name, m in layers.items()]
+
+    def _hook(self, name: str) -> Callable[..., Any]:
+        def hook(module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor | None:
+            if self.state is None:
+                return None
+            inputs, perturb = self.state
+            inputs[name] = args[0]
+            return output + perturb[name]
+
+        return hook
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+class StackedGrads:
+    """Gradient computations over (K models, R rows) for one architecture (`template`).
+
+    Call `close()` when done: the ghost mode puts hooks on the template's Linear layers.
+    """
+
+    def __init__(self, template: nn.Module, *, buffers: dict[str, torch.Tensor], max_grad_norm: float | None,
+                 clipping: str, mode: str = "auto") -> None:
+        if mode not in PER_EXAMPLE_MODES:
+            raise ValueError(f"Expected per_example={mode!r} in {list(PER_EXAMPLE_MODES)}.")
+        if mode == "ghost" and not ghost_applies(template):
+            raise ValueError("per_example='ghost' needs a model whose parameters all sit in nn.Linear layers.")
+        self.max_grad_norm = max_grad_norm
+        self.names = [n for n, _ in template.named_parameters()]
+        self.ghost = mode == "ghost" or (mode == "auto" and ghost_applies(template))
+        self.groups: list[list[str]] | None = None
+        if clipping == "per_layer":
+            self.groups = [[f"{u.name}.{n}" if u.name else n for n in u.params] for u in find_units(template)]
+        self.template = template
+        self._taps: _Taps | None = None
+
+        def row_losses(p: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            out = functional_call(template, (p, buffers), (x,))
+            losses = nn.functional.cross_entropy(out, y, reduction="none")
+            return losses.reshape(losses.shape[0], -1).sum(1)
+
+        def batch_loss(p: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+                       w: torch.Tensor) -> torch.Tensor:
+            return (row_losses(p, x, y) * w).sum()
+
+        def example_loss(p: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return row_losses(p, x.unsqueeze(0), y.unsqueeze(0)).sum()
+
+        # Gradient of each model's weighted batch loss (non-private steps).
+        self.batch_grad = vmap(grad(batch_loss), in_dims=(0, 0, 0, 0))
+        # Per-example gradients: vmap over rows inside vmap over models.
+        self.example_grads = vmap(vmap(grad(example_loss), in_dims=(None, 0, 0)), in_dims=(0, 0, 0))
+        if self.ghost:
+            layers = _plain_linears(template)
+            self.layers = {n: m for n, m in layers.items() if any(True for _ in m.parameters(recurse=False))}
+            self._taps = _Taps(self.layers)
+            taps = self._taps
+
+            def tapped(perturb: dict[str, torch.Tensor], p: dict[str, torch.Tensor], x: torch.Tensor,
+                       y: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                inputs: dict[str, torch.Tensor] = {}
+                taps.state = (inputs, perturb)
+                try:
+                    loss = batch_loss(p, x, y, w)
+                finally:
+                    taps.state = None
+                return loss, inputs
+
+            self.output_grads = vmap(grad(tapped, argnums=0, has_aux=True), in_dims=(0, 0, 0, 0, 0))
+
+    def close(self) -> None:
+        if self._taps is not None:
+            self._taps.remove()
+            self._taps = None
+
+    # -- clipping -------------------------------------------------------------------
+    def _coefficients(self, sq: dict[str, torch.Tensor], mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Clip factor per parameter name, (K, R), from squared per-example norms per name."""
+        assert self.max_grad_norm is not None
+        if self.groups is None:
+            total = torch.sqrt(sum(sq.values(), torch.zeros_like(mask)))
+            c = torch.clamp(self.max_grad_norm / (total + NORM_EPS), max=1.0) * mask
+            return {n: c for n in self.names}
+        # Per layer: C_l = C / sqrt(L), so the whole gradient still has norm <= C.
+        c_layer = self.max_grad_norm / math.sqrt(max(1, len(self.groups)))
+        coef = {}
+        for group in self.groups:
+            norm = torch.sqrt(sum((sq[n] for n in group), torch.zeros_like(mask)))
+            c = torch.clamp(c_layer / (norm + NORM_EPS), max=1.0) * mask
+            coef.update({n: c for n in group})
+        return coef
+
+    def clipped_sum(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+                    mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """sum_i c_i g_i per model, {name: (K, ...)}; x (K, R, ...), y (K, R), mask (K, R) float."""
+        if self.ghost:
+            return self._ghost_clipped_sum(params, x, y, mask)
+        g = self.example_grads(params, x, y)
+        sq = {n: torch.linalg.vector_norm(g[n].flatten(2), dim=-1) ** 2 for n in self.names}
+        coef = self._coefficients(sq, mask)
+        return {n: torch.einsum("kr,kr...->k...", coef[n], g[n]) for n in self.names}
+
+    def _ghost_clipped_sum(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+                           mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        k, r = mask.shape
+        shapes = self._output_shapes(params, x)
+        perturb = {n: torch.zeros((k, r, *s), dtype=mask.dtype, device=mask.device) for n, s in shapes.items()}
+        # Padding rows have weight 0, so their output gradients, norms and contributions are exactly 0.
+        delta, acts = self.output_grads(perturb, params, x, y, mask)
+        sq: dict[str, torch.Tensor] = {}
+        for name, layer in self.layers.items():
+            a, d = acts[name], delta[name]
+            w_name = f"{name}.weight" if name else "weight"
+            if a.dim() == 3:  # (K, R, features): ||delta_i a_i^T||^2 = ||a_i||^2 ||delta_i||^2
+                d_sq = d.pow(2).sum(-1)
+                sq[w_name] = a.pow(2).sum(-1) * d_sq
+                b_sq = d_sq
+            else:  # (K, R, T..., features): Gram matrices over the positions
+                a3, d3 = a.flatten(2, -2), d.flatten(2, -2)
+                sq[w_name] = (torch.einsum("krti,krsi->krts", a3, a3) * torch.einsum("krto,krso->krts", d3, d3)
+                              ).sum((-1, -2))
+                b_sq = d3.sum(2).pow(2).sum(-1)
+            if layer.bias is not None:
+                sq[f"{name}.bias" if name else "bias"] = b_sq
+        coef = self._coefficients(sq, mask)
+        out: dict[str, torch.Tensor] = {}
+        for name, layer in self.layers.items():
+            a, d = acts[name], delta[name]
+            w_name = f"{name}.weight" if name else "weight"
+            a3, d3 = (a[:, :, None], d[:, :, None]) if a.dim() == 3 else (a.flatten(2, -2), d.flatten(2, -2))
+            out[w_name] = torch.einsum("kr,krto,krti->koi", coef[w_name], d3, a3)
+            if layer.bias is not None:
+                b_name = f"{name}.bias" if name else "bias"
+                out[b_name] = torch.einsum("kr,kro->ko", coef[b_name], d3.sum(2))
+        return out
+
+    def _output_shapes(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> dict[str, tuple[int, ...]]:
+        """Each Linear layer's output shape per row (cached per input shape)."""
+        key = tuple(x.shape[2:])
+        cache = getattr(self, "_shape_cache", {})
+        if key not in cache:
+            seen: dict[str, tuple[int, ...]] = {}
+            hooks = [m.register_forward_hook(lambda mod, args, out, n=n: seen.__setitem__(n, tuple(out.shape[1:])))
+                     for n, m in self.layers.items()]
+            try:
+                with torch.no_grad():
+                    functional_call(self.template, {n: v[0] for n, v in params.items()}, (x[0, :1],))
+            finally:
+                for h in hooks:
+                    h.remove()
+            cache[key] = seen
+            self._shape_cache = cache
+        return cache[key]

@@ -1,0 +1,335 @@
+"""Shadow (reference) models for LiRA and RMIA, trained side by side in one vectorised computation.
+
+K models of one architecture, each trained on its own half of a population,
+are held as stacked parameters {name: (K, ...)} and trained together: one
+`torch.func.vmap` over models of `functional_call` per pass, not a Python loop
+of K trainings. Each model still follows exactly the loop that `make_private`'s
+trainer would run on its own training set, with its own seed:
+
+* non-private (`no_dp`): shuffled epochs of `batch_size` examples, mean loss,
+  ceil(epochs * ceil(N_k / B)) steps;
+* DP-SGD: Poisson sampling with q_k = B / N_k for ceil(epochs * N_k / B) steps;
+  per-example gradients (`vmap(grad)` nested inside the vmap over models),
+  each clipped to C in flat L2 (or C / sqrt(L) per layer); N(0, sigma^2 C^2)
+  added once per model per step to the clipped sum; division by q_k * N_k
+  (Abadi et al. 2016, arXiv 1607.00133v2, Algorithm 1, with the fixed
+  denominator of McMahan et al. 2018, arXiv 1710.06963v3, Sec. 3);
+* SGD with momentum, as the target's optimizer.
+
+Model k's initialisation, sampler and noise come from `seeds[k]` alone (the
+seed is used as `train_job` uses a run's seed: `torch.manual_seed` before
+building the model, `make_generators` for the sampler and noise streams), so
+training any subset of the models gives the same result for each of them:
+shards can be trained apart and merged. Logical batches of different sizes
+are padded to one shape and masked, and split into fixed-size chunks to bound
+the memory taken by per-example gradients.
+
+The IN/OUT assignment follows the LiRA reference code (Carlini et al. 2022,
+arXiv 2112.03570v2): every example is IN for exactly K/2 models (K even; for
+odd K, floor or ceil), so each model trains on about half the population.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pad_sequence
+
+from .. import _validate
+from ..accounting import sampling_rate_and_steps
+from ..training._config import auto_physical_batch_size
+from ..training._noise import make_generators
+from ..training._sampler import PoissonSampler, ShuffleSampler
+from ._model_signals import stack_models
+from ._shadow_grads import PER_EXAMPLE_MODES, StackedGrads
+
+__all__ = ["ShadowConfig", "assign_membership", "shadow_seeds", "train_shadows"]
+
+_SEED_BITS = 62
+#: Per-example gradients held at once, in bytes, when `chunk_size` is automatic.
+DEFAULT_MEMORY_BUDGET = 256 * 2**20
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ShadowConfig:
+    """How every shadow model is trained (the target run's settings).
+
+    Attributes:
+        epochs, batch_size, lr, momentum: as `TrainSettings` (batch_size is the expected
+            logical batch q * N_k under DP, the mini-batch size without).
+        no_dp: plain mini-batch SGD, no clipping or noise.
+        max_grad_norm: C (DP only).
+        noise_multiplier: sigma (DP only; the target's resolved value).
+        clipping: "flat" or "per_layer", as the engine.
+        chunk_size: rows per model in one vectorised pass; None picks the largest that keeps
+            K x rows x parameters within `memory_budget` bytes (DP) or the whole batch (no DP).
+            Changes rounding only, not the result.
+        memory_budget: bytes of per-example gradients per pass when `chunk_size` is None.
+        per_example: how DP clips (`_shadow_grads`): "auto" (ghost norms for all-Linear
+            models, else materialised per-example gradients), "ghost" or "materialize".
+            Changes speed and rounding only.
+    """
+
+    epochs: float
+    batch_size: int
+    lr: float
+    momentum: float = 0.9
+    no_dp: bool = False
+    max_grad_norm: float | None = None
+    noise_multiplier: float | None = None
+    clipping: str = "flat"
+    chunk_size: int | None = None
+    memory_budget: int = DEFAULT_MEMORY_BUDGET
+    per_example: str = "auto"
+
+    def __post_init__(self) -> None:
+        _validate.positive(epochs=self.epochs, lr=self.lr)
+        _validate.integer(minimum=1, batch_size=self.batch_size, memory_budget=self.memory_budget)
+        _validate.in_range(0.0, 1.0, hi_open=True, momentum=self.momentum)
+        if not isinstance(self.no_dp, bool):
+            raise ValueError(f"Expected no_dp={self.no_dp!r} to be a bool.")
+        if self.chunk_size is not None:
+            _validate.integer(minimum=1, chunk_size=self.chunk_size)
+        if self.per_example not in PER_EXAMPLE_MODES:
+            raise ValueError(f"Expected per_example={self.per_example!r} in {list(PER_EXAMPLE_MODES)}.")
+        if self.clipping not in ("flat", "per_layer"):
+            raise ValueError(f"Expected clipping={self.clipping!r} in ['flat', 'per_layer'].")
+        if self.no_dp:
+            if self.noise_multiplier is not None:
+                raise ValueError("Expected noise_multiplier=None with no_dp=True.")
+        else:
+            if self.max_grad_norm is None or self.noise_multiplier is None:
+                raise ValueError("Expected max_grad_norm and noise_multiplier for DP shadows (or no_dp=True).")
+            _validate.positive(max_grad_norm=self.max_grad_norm)
+            _validate.non_negative(noise_multiplier=self.noise_multiplier)
+
+    def training_dict(self) -> dict[str, Any]:
+        """The fields that determine the trained models (not chunk_size / memory_budget / per_example)."""
+        out = dataclasses.asdict(self)
+        del out["chunk_size"], out["memory_budget"], out["per_example"]
+        if self.no_dp:
+            out["max_grad_norm"] = None
+        return out
+
+
+def assign_membership(*, num_models: int, num_examples: int, seed: int) -> np.ndarray:
+    """Bool (K, n): True where example i is in model k's training set.
+
+    Each column has exactly K/2 True entries (K even; floor(K/2) or ceil(K/2)
+    for odd K), placed uniformly at random: the LiRA reference code's
+    `keep = rng.uniform(size=(K, n)).argsort(0) < K / 2`. Rows (model sizes)
+    are about n/2.
+
+    >>> m = assign_membership(num_models=4, num_examples=6, seed=0)
+    >>> m.sum(axis=0).tolist()
+    [2, 2, 2, 2, 2, 2]
+    """
+    _validate.integer(minimum=1, num_models=num_models, num_examples=num_examples)
+    _validate.integer(minimum=0, seed=seed)
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x1A55]))
+    ranks = rng.uniform(size=(num_models, num_examples)).argsort(axis=0).argsort(axis=0)
+    keep = ranks < num_models // 2
+    if num_models % 2:
+        # The middle rank goes IN for a random half of the examples, so sizes stay ~n/2.
+        keep |= (ranks == num_models // 2) & (rng.random(num_examples) < 0.5)[None, :]
+    return keep
+
+
+def shadow_seeds(*, num_models: int, seed: int) -> list[int]:
+    """K per-model seeds derived from one seed (model k's seed does not depend on K)."""
+    _validate.integer(minimum=1, num_models=num_models)
+    _validate.integer(minimum=0, seed=seed)
+    return [int(np.random.SeedSequence([int(seed), k]).generate_state(2, np.uint64)[0] >> (64 - _SEED_BITS))
+            for k in range(num_models)]
+
+
+# --------------------------------------------------------------------------- per-model plans
+
+
+@dataclasses.dataclass(eq=False)
+class _Plan:
+    """One model's training set, sampler, noise generator and step count."""
+
+    rows: torch.Tensor  # population rows of this model's training set (int64, ascending)
+    sampler: Any
+    noise_gen: torch.Generator | None
+    steps: int
+    denominator: float  # q_k * N_k under DP
+
+
+def _plan(rows: np.ndarray, seed: int, cfg: ShadowConfig, device: torch.device) -> _Plan:
+    n = int(rows.shape[0])
+    if n == 0:
+        raise ValueError("Expected every shadow model to have at least one training example.")
+    batch = min(cfg.batch_size, n)  # as train_job: expected_batch_size = min(batch_size, N)
+    sampler_gen, noise_gen, _ = make_generators(seed=seed, secure_rng=False, device=device)
+    if cfg.no_dp:
+        sampler = ShuffleSampler(num_examples=n, batch_size=batch, generator=sampler_gen)
+        steps = int(math.ceil(cfg.epochs * sampler.batches_per_epoch - 1e-9))
+        return _Plan(torch.from_numpy(rows), sampler, None, steps, float(batch))
+    q, steps = sampling_rate_and_steps(epochs=cfg.epochs, batch_size=batch, dataset_size=n)
+    sampler = PoissonSampler(num_examples=n, sampling_rate=q, generator=sampler_gen)
+    return _Plan(torch.from_numpy(rows), sampler, noise_gen, steps, q * n)
+
+
+def _chunk_size(cfg: ShadowConfig, num_models: int, num_params: int, plans: list[_Plan], ghost: bool) -> int:
+    if cfg.chunk_size is not None:
+        return cfg.chunk_size
+    if cfg.no_dp:
+        return max(min(cfg.batch_size, int(p.rows.numel())) for p in plans)
+    # Poisson batches: room for the expected size plus 4 standard deviations (the engine's automatic
+    # physical batch), so that almost every step is one pass rather than a second, mostly padded one.
+    largest = max(auto_physical_batch_size(expected_batch_size=p.denominator, dataset_size=int(p.rows.numel()),
+                                           sampling_rate=p.denominator / int(p.rows.numel())) for p in plans)
+    if ghost:  # no per-example gradients are formed
+        return largest
+    per_row = num_models * num_params * 4
+    return max(1, min(largest, cfg.memory_budget // per_row))
+
+
+def train_shadows(
+    *,
+    model_fn: Callable[[int], nn.Module],
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    membership: np.ndarray,
+    seeds: Sequence[int],
+    config: ShadowConfig,
+    models: Sequence[int] | None = None,
+    device: str | torch.device = "cpu",
+    on_step: Callable[[int, int], None] | None = None,
+) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """Trains the selected shadow models side by side; returns (template, stacked parameters).
+
+    Args:
+        model_fn: `model_fn(seed)` builds a freshly initialised model. It is called
+            under `torch.manual_seed(seed)` (inside `torch.random.fork_rng`, so the
+            caller's global RNG is left alone) with each model's seed.
+        inputs, targets: the whole population (n, ...) and its int64 labels (n,).
+        membership: bool (K, n), model k trains on the rows where membership[k] is True
+            (in ascending order, as its own dataset); see `assign_membership`.
+        seeds: K per-model seeds; see `shadow_seeds`.
+        config: the training settings shared by every model.
+        models: which of the K models to train (default: all), e.g. one shard.
+        device: where to train.
+        on_step: called with (step, total steps) after each vectorised step.
+
+    Returns:
+        A template module of the architecture (in CPU memory) and {name: (len(models), ...)}
+        parameters on CPU, in the order of `models`.
+    """
+    membership = np.asarray(membership)
+    if membership.dtype != bool or membership.ndim != 2:
+        raise ValueError(f"Expected membership to be a bool array (K, n), got {membership.dtype} {membership.shape}.")
+    k_all, n = membership.shape
+    if not isinstance(inputs, torch.Tensor) or not isinstance(targets, torch.Tensor):
+        raise ValueError("Expected inputs and targets to be torch tensors.")
+    if inputs.shape[0] != n or targets.shape != (n,):
+        raise ValueError(f"Expected inputs (n, ...) and targets (n,) with n={n} (membership's columns), "
+                         f"got {tuple(inputs.shape)} and {tuple(targets.shape)}.")
+    if len(seeds) != k_all:
+        raise ValueError(f"Expected one seed per model ({k_all}), got {len(seeds)}.")
+    selected = list(range(k_all)) if models is None else [int(m) for m in models]
+    if not selected or any(not 0 <= m < k_all for m in selected) or len(set(selected)) != len(selected):
+        raise ValueError(f"Expected models to be distinct indices in [0, {k_all}), got {selected}.")
+    device = torch.device(device)
+    cfg = config
+
+    modules = []
+    for m in selected:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seeds[m]))
+            modules.append(model_fn(int(seeds[m])))
+    template = modules[0]
+    names = [name for name, _ in template.named_parameters()]
+    frozen = [name for name, p in template.named_parameters() if not p.requires_grad]
+    if frozen:
+        raise ValueError(f"Expected every parameter to be trainable (the target trains them all), got frozen {frozen}.")
+    params = {k: v.to(device) for k, v in stack_models(modules).items()}
+    buffers = {k: b.to(device) for k, b in template.named_buffers()}
+
+    plans = [_plan(np.flatnonzero(membership[m]), int(seeds[m]), cfg, device) for m in selected]
+    num_params = sum(int(v[0].numel()) for v in params.values())
+    steps = StackedGrads(template, buffers=buffers, max_grad_norm=cfg.max_grad_norm, clipping=cfg.clipping,
+                         mode="materialize" if cfg.no_dp else cfg.per_example)
+    chunk = _chunk_size(cfg, len(selected), num_params, plans, steps.ghost)
+    momentum = {k: torch.zeros_like(v) for k, v in params.items()}
+    x_all, y_all = inputs.to(device), targets.to(device)
+    total = max(p.steps for p in plans)
+    try:
+        with torch.no_grad():
+            for t in range(total):
+                active = [t < p.steps for p in plans]
+                batches = [p.rows[p.sampler.sample()] if a else p.rows[:0] for p, a in zip(plans, active)]
+                grads = _gradients(steps, cfg, params, batches, plans, active, x_all, y_all, chunk)
+                on = None if all(active) else torch.tensor(active, device=device)
+                for k in names:
+                    # SGD with momentum (torch.optim.SGD, dampening 0): buf = m * buf + g; p -= lr * buf.
+                    # Models that have taken all their steps are left untouched.
+                    if on is None:
+                        momentum[k].mul_(cfg.momentum).add_(grads[k])
+                        params[k].add_(momentum[k], alpha=-cfg.lr)
+                        continue
+                    view = on.view(-1, *([1] * (params[k].dim() - 1)))
+                    buf = momentum[k] * cfg.momentum + grads[k]
+                    momentum[k] = torch.where(view, buf, momentum[k])
+                    params[k] = torch.where(view, params[k] - cfg.lr * buf, params[k])
+                if on_step is not None:
+                    on_step(t + 1, total)
+    finally:
+        steps.close()
+    return template.cpu(), {k: v.detach().cpu() for k, v in params.items()}
+
+
+def _gradients(steps: StackedGrads, cfg: ShadowConfig, params: dict[str, torch.Tensor], batches: list[torch.Tensor],
+               plans: list[_Plan], active: list[bool], x_all: torch.Tensor, y_all: torch.Tensor,
+               chunk: int) -> dict[str, torch.Tensor]:
+    """Each model's gradient for this step, {name: (K, ...)} (noised and scaled under DP)."""
+    device = x_all.device
+    sizes = torch.tensor([int(b.numel()) for b in batches])
+    width = max(1, math.ceil(int(sizes.max()) / chunk)) * chunk  # fixed-shape chunks of `chunk` rows
+    # Padding rows point at row 0 with mask 0 and contribute exactly nothing (as in `physical_batches`).
+    idx = nn.functional.pad(pad_sequence(batches, batch_first=True), (0, width - int(sizes.max())))
+    mask = (torch.arange(width)[None, :] < sizes[:, None]).to(torch.float32)
+    idx, mask = idx.to(device), mask.to(device)
+    # Non-private: mean loss over the real rows (the engine: (sum of masked losses) / b, then backward).
+    weights = mask / sizes.clamp(min=1).to(device=device, dtype=torch.float32)[:, None]
+    acc: dict[str, torch.Tensor] | None = None
+    for start in range(0, width, chunk):
+        sl = slice(start, start + chunk)
+        if start > 0 and not bool(mask[:, sl].any()):
+            continue
+        x, y = x_all[idx[:, sl]], y_all[idx[:, sl]]
+        with torch.enable_grad():
+            part = (steps.batch_grad(params, x, y, weights[:, sl]) if cfg.no_dp
+                    else steps.clipped_sum(params, x, y, mask[:, sl]))
+        if acc is None:
+            acc = {n: part[n].detach().clone() for n in params}
+        else:
+            for n in acc:
+                acc[n] += part[n]
+    assert acc is not None
+    if cfg.no_dp:
+        return acc
+    assert cfg.noise_multiplier is not None and cfg.max_grad_norm is not None
+    std = cfg.noise_multiplier * cfg.max_grad_norm
+    scale = torch.tensor([1.0 / p.denominator for p in plans], device=device)
+    for n in steps.names:
+        shape = acc[n].shape[1:]
+        view = scale.view(-1, *([1] * len(shape))).to(acc[n].dtype)
+        if std > 0.0:
+            # N(0, sigma^2 C^2) once per model per step, each model's from its own generator in parameter
+            # order (what GaussianNoise.add_ does in the engine); inactive models draw nothing.
+            z = torch.stack([torch.randn(shape, generator=p.noise_gen, device=device, dtype=acc[n].dtype)
+                             if on and p.noise_gen is not None else torch.zeros(shape, device=device,
+                                                                                dtype=acc[n].dtype)
+                             for p, on in zip(plans, active)])
+            acc[n] = torch.add(acc[n], z, alpha=std)
+        acc[n] = acc[n] * view  # / (q_k N_k), the expected batch size
+    return acc

@@ -1,0 +1,118 @@
+"""`privaudit audit`: empirical epsilon lower bounds for a trainer, and a PASS/FAIL verdict (exit 3 on FAIL)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ._errors import bad_input_as_exit_2
+
+__all__ = ["audit"]
+
+#: Exit code when a rigorous lower bound exceeds the claimed epsilon.
+EXIT_FAIL = 3
+
+
+def _default_out(trainer: str, threat: str, epsilon: float, canaries: int, runs: int, seed: int) -> Path:
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", trainer).strip("_") or "trainer"
+    return Path("audits") / f"{name}-{threat}-eps{epsilon:g}-m{canaries}-r{runs}-seed{seed}"
+
+
+@click.command()
+@click.option("--trainer", required=True,
+              help="Built-in (privaudit, opacus, reference, broken-no-clipping, broken-clamp, broken-noise-sigma, "
+                   "broken-noise-batch, broken-shuffle, broken-no-noise) or module:function.")
+@click.option("--epsilon", type=float, required=True, help="The epsilon the trainer is asked for (and claims).")
+@click.option("--delta", type=float, default=1e-5, show_default=True, help="The delta audited, in (0, 1).")
+@click.option("--canaries", type=int, required=True, help="Canaries per run, each included with probability 1/2.")
+@click.option("--threat", type=click.Choice(["blackbox", "whitebox"]), default="blackbox", show_default=True,
+              help="whitebox: gradient canaries, every step's noisy sum seen; blackbox: input canaries, final model.")
+@click.option("--runs", type=int, default=1, show_default=True,
+              help="1: one-run bound; R > 1: R trainings with one canary each (needs --canaries 1).")
+@click.option("--data", default="digits", show_default=True, help="Base dataset (as for privaudit train).")
+@click.option("--alpha", type=float, default=0.05, show_default=True, help="Bounds hold with probability 1 - alpha.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds canaries, inclusion and training.")
+@click.option("--canary-kind", type=click.Choice(["mislabeled", "random"]), default="mislabeled",
+              show_default=True, help="Black-box canaries.")
+@click.option("--epochs", type=float, help="Built-in trainers: epochs (default 10).")
+@click.option("--sampling-rate", type=float, help="Built-in trainers: Poisson rate q (default 0.1; 1 = full-batch DP-GD).")
+@click.option("--hidden", type=int, help="Built-in trainers: MLP hidden width (default 256).")
+@click.option("--max-grad-norm", type=float, help="Built-in trainers: clipping norm C.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False),
+              help="Folder for audit.json and the plots (default: audits/<trainer>-<threat>-...).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--quiet", is_flag=True, help="No progress messages.")
+@click.pass_context
+def audit(ctx: click.Context, trainer: str, epsilon: float, delta: float, canaries: int, threat: str, runs: int,
+          data: str, alpha: float, seed: int, canary_kind: str, epochs: float | None, sampling_rate: float | None,
+          hidden: int | None, max_grad_norm: float | None, out_dir: str | None, as_json: bool, quiet: bool) -> None:
+    """Audit a DP trainer: insert canaries, train, bound epsilon from below, compare with the claim.
+
+    Exit status: 0 PASS (no evidence against the claim), 3 FAIL (a rigorous lower
+    bound exceeds the claimed epsilon), 2 bad input.
+
+    \b
+    Examples:
+      privaudit audit --trainer privaudit --epsilon 2 --canaries 1000 --threat whitebox
+      privaudit audit --trainer broken-no-clipping --epsilon 2 --canaries 1000 --threat whitebox
+      privaudit audit --trainer mypkg.train:dp_train --epsilon 4 --canaries 500 --threat blackbox
+    """
+    from ..audit import audit as run_audit
+    from ..audit import write_audit
+
+    with bad_input_as_exit_2():
+        given = {k: v for k, v in (("epochs", epochs), ("sampling_rate", sampling_rate), ("hidden", hidden),
+                                   ("max_grad_norm", max_grad_norm)) if v is not None}
+        options = None
+        if given:
+            from ..audit import BUILTIN_TRAINERS, TrainingOptions
+
+            if trainer.strip() not in BUILTIN_TRAINERS:
+                flags = ", ".join("--" + k.replace("_", "-") for k in given)
+                raise ValueError(f"{flags} apply to built-in trainers only, not to trainer={trainer!r}.")
+            options = TrainingOptions(**given)
+        progress = None if (quiet or as_json) else (lambda msg: click.echo(msg, err=True))
+        result = run_audit(trainer, epsilon=epsilon, delta=delta, canaries=canaries, threat=threat, runs=runs,
+                           data=data, alpha=alpha, seed=seed, canary_kind=canary_kind, options=options,
+                           progress=progress)
+    out = Path(out_dir) if out_dir else _default_out(trainer, threat, epsilon, canaries, runs, seed)
+    written = write_audit(result, out)
+    if as_json:
+        payload = result.to_dict(include_scores=False)
+        payload["files"] = [str(p) for p in written]
+        click.echo(json.dumps(payload, indent=2))
+    else:
+        _print(result, written)
+    if result.verdict == "FAIL":
+        ctx.exit(EXIT_FAIL)
+
+
+def _print(result: Any, written: list[Path]) -> None:
+    b = result.bound
+    pct = f"{100 * result.confidence:g}%"
+    if hasattr(b, "guesses"):
+        detail = f"{b.method}: {b.correct}/{b.guesses} guesses right of m={b.m}"
+    else:
+        detail = f"{b.method}: TP={b.tp}/{b.positives}, FP={b.fp}/{b.negatives}"
+    lines = [
+        f"privaudit audit: {result.trainer}, {result.threat}, {result.canaries} canaries x {result.runs} run(s), "
+        f"data={result.data}, seed={result.seed} ({result.seconds:.1f} s)",
+        f"  epsilon claimed (PLD accountant, delta={result.delta:g}): {result.epsilon_claimed:.4f}",
+        f"  epsilon lower bound ({pct} confidence):          {result.epsilon_lower:.4f}   [{detail}]",
+    ]
+    if result.gdp is not None:
+        lines.append(f"  epsilon estimate (Gaussian-DP fit, NOT a bound):   {result.gdp.epsilon:.4f}   "
+                     f"[mu={result.gdp.mu:.3f}]")
+    else:
+        lines.append("  epsilon estimate (Gaussian-DP fit, NOT a bound):   n/a (too few canaries to fit)")
+    if result.verdict == "FAIL":
+        lines.append(f"  verdict: FAIL: epsilon >= {result.epsilon_lower:.4f} > {result.epsilon_claimed:.4f} "
+                     f"claimed, with {pct} confidence")
+    else:
+        lines.append("  verdict: PASS: the lower bound does not exceed the claim (consistent; not a proof)")
+    lines.append(f"  wrote {', '.join(str(p) for p in written)}")
+    click.echo("\n".join(lines))

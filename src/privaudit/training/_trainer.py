@@ -1,0 +1,243 @@
+"""The DP-SGD loop itself: `PrivateTrainer` (built by `make_private`).
+
+One step (Abadi et al. 2016, arXiv 1607.00133v2, Algorithm 1):
+
+1. draw a logical batch by Poisson sampling with rate q;
+2. for each fixed-shape physical batch: one forward and one backward pass,
+   per-example gradient norms, clip factors, and the clipped sum (`_clipping`);
+3. add N(0, sigma^2 C^2) once to the clipped sum and divide by q * N;
+4. record the step in the ledger, then `optimizer.step()` with that gradient.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import _validate
+from ..accounting import PrivacyLedger, make_accountant
+from ._clipping import GradCapture, clip_and_accumulate
+from ._config import DPConfig, PrivacyBudgetExhaustedError, StepStats
+from ._noise import GaussianNoise, RngRecord
+from ._sampler import physical_batches
+
+__all__ = ["PrivateTrainer"]
+
+STATE_FORMAT = "privaudit.trainer/1"
+
+
+class PrivateTrainer:
+    """Runs DP-SGD (or, with `no_dp`, the same loop without clipping and noise). Build with `make_private`.
+
+    Notes:
+        The (epsilon, delta) guarantee covers the model's parameters after any
+        number of steps up to `planned_steps`, provided that: the data passed
+        in is the whole private dataset (one row per individual); nothing else
+        reads the private data (StepStats' loss and norms are not private);
+        the sampler and noise states (in `state_dict()`) stay secret; and the
+        module does not mix examples within a batch (enforced by the validator).
+    """
+
+    def __init__(self, *, module: nn.Module, optimizer: torch.optim.Optimizer, inputs: torch.Tensor,
+                 targets: torch.Tensor, loss_fn: Callable[..., torch.Tensor], config: DPConfig | None,
+                 planned_steps: int, physical_batch_size: int, sampler: Any, noise: GaussianNoise | None,
+                 rng_record: RngRecord, ledger: PrivacyLedger, device: torch.device) -> None:
+        self.module = module
+        self.optimizer = optimizer
+        self.config = config
+        self.planned_steps = planned_steps
+        self.physical_batch_size = physical_batch_size
+        self.rng_record = rng_record
+        self.ledger = ledger
+        self.device = device
+        self._inputs, self._targets = inputs, targets
+        self._loss_fn = loss_fn
+        self._sampler = sampler
+        self._noise = noise
+        self._steps = 0
+        self._params = [p for p in module.parameters() if p.requires_grad]
+        self._capture = GradCapture(module) if config is not None else None
+        self._acc = [torch.zeros_like(p) for p in self._params] if config is not None else []
+
+    # -- public -------------------------------------------------------------------
+    @property
+    def steps_taken(self) -> int:
+        return self._steps
+
+    @property
+    def remaining_steps(self) -> int:
+        return self.planned_steps - self._steps
+
+    @property
+    def is_private(self) -> bool:
+        return self.config is not None
+
+    def epsilon(self, delta: float | None = None) -> float:
+        """Epsilon spent so far (everything in the ledger) at `delta` (default: the target delta).
+
+        A run without DP (`no_dp=True`) has no finite epsilon: returns inf.
+        """
+        if self.config is None:
+            return math.inf
+        delta = self.config.target_delta if delta is None else delta
+        _validate.in_range(0.0, 1.0, lo_open=True, hi_open=True, delta=delta)
+        if self.ledger.total_count() == 0:
+            return 0.0
+        acct = make_accountant(self.config.accountant, neighboring_relation=self.ledger.neighboring_relation)
+        return acct.compose(self.ledger.to_event()).get_epsilon(delta)
+
+    def step(self) -> StepStats:
+        """Takes one optimizer step; raises PrivacyBudgetExhaustedError past `planned_steps`."""
+        if self._steps >= self.planned_steps:
+            what = (f"the privacy budget was planned (sigma={self.config.noise_multiplier:.4g}) for "
+                    if self.config is not None else "the run was planned for ")
+            raise PrivacyBudgetExhaustedError(
+                f"Refusing step {self._steps + 1}: {what}{self.planned_steps} steps. Build a new "
+                "trainer (and account for both runs) to train further.")
+        indices = self._sampler.sample()
+        with torch.enable_grad():
+            if self.config is None:
+                stats = self._non_private_step(indices)
+            else:
+                stats = self._private_step(indices)
+        return stats
+
+    def run(self, *, steps: int | None = None,
+            callback: Callable[[StepStats], None] | None = None) -> list[StepStats]:
+        """Takes `steps` steps (default: all remaining planned steps)."""
+        steps = self.remaining_steps if steps is None else steps
+        _validate.integer(minimum=0, steps=steps)
+        out = []
+        for _ in range(steps):
+            s = self.step()
+            out.append(s)
+            if callback is not None:
+                callback(s)
+        return out
+
+    def close(self) -> None:
+        """Removes the hooks this trainer put on the module."""
+        if self._capture is not None:
+            self._capture.remove()
+
+    # -- the two kinds of step -------------------------------------------------------
+    def _batches(self, indices: torch.Tensor) -> Any:
+        for pb in physical_batches(indices, physical_batch_size=self.physical_batch_size):
+            idx = pb.indices.to(self._inputs.device)
+            x = self._inputs[idx].to(self.device, non_blocking=True)
+            y = self._targets[idx.to(self._targets.device)].to(self.device, non_blocking=True)
+            yield x, y, pb.mask.to(self.device, non_blocking=True), pb.num_real
+
+    def _per_example_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        losses = self._loss_fn(self.module(x), y)
+        if not isinstance(losses, torch.Tensor) or losses.dim() == 0 or losses.shape[0] != x.shape[0]:
+            shape = tuple(losses.shape) if isinstance(losses, torch.Tensor) else type(losses).__name__
+            raise ValueError(
+                f"Expected loss_fn to return one loss per example, shape ({x.shape[0]},), got {shape}: "
+                "pass a loss with reduction='none'.")
+        return losses.reshape(losses.shape[0], -1).sum(1)
+
+    def _private_step(self, indices: torch.Tensor) -> StepStats:
+        cfg = self.config
+        assert cfg is not None and self._capture is not None and self._noise is not None
+        for a in self._acc:
+            a.zero_()
+        out = dict(zip(self._params, self._acc))
+        num_layers = len(self._capture.units)
+        # Statistics stay on the device until the end of the step (no per-batch sync).
+        loss_sum = torch.zeros((), device=self.device)
+        norm_sum = torch.zeros((), device=self.device)
+        clipped = torch.zeros((), device=self.device)
+        n_phys = 0
+        for x, y, mask, _ in self._batches(indices):
+            n_phys += 1
+            with self._capture.capture(self.device):
+                losses = self._per_example_loss(x, y)
+                # Padding rows get loss weight 0, so their output gradients are exactly 0.
+                loss = (losses * mask.to(losses.dtype)).sum()
+            self._capture.backward(loss)
+            res = clip_and_accumulate(self._capture.unit_grads(), max_grad_norm=cfg.max_grad_norm,
+                                      clipping=cfg.clipping, num_layers=num_layers, mask=mask, out=out)
+            self._capture.release()
+            loss_sum += loss.detach()
+            norm_sum += (res.norms * mask).sum()
+            clipped += ((res.norms > cfg.max_grad_norm) & mask).sum()
+        # Gaussian noise N(0, sigma^2 C^2) added once to the clipped sum (Abadi et al. 2016,
+        # arXiv 1607.00133v2, Alg. 1, "Add noise"), then division by the *expected* batch
+        # size q*N rather than the realised one: the fixed-denominator estimator of
+        # McMahan et al. 2018 (arXiv 1710.06963v3, Sec. 3), whose sensitivity is C / (qN)
+        # whatever the batch size, which is itself private under Poisson sampling.
+        self._noise.add_(self._acc)
+        scale = 1.0 / cfg.expected_batch_size
+        for p, a in zip(self._params, self._acc):
+            p.grad = a.mul_(scale)
+        self.ledger.record(cfg.step_event())
+        self.optimizer.step()
+        for p in self._params:
+            p.grad = None
+        self._steps += 1
+        b = int(indices.numel())
+        return StepStats(step=self._steps, batch_size=b, physical_batches=n_phys,
+                         loss=float(loss_sum) / b if b else math.nan,
+                         grad_norm_mean=float(norm_sum) / b if b else math.nan,
+                         clipped_fraction=float(clipped) / b if b else 0.0, noise_std=cfg.noise_std)
+
+    def _non_private_step(self, indices: torch.Tensor) -> StepStats:
+        b = int(indices.numel())
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_sum, n_phys = 0.0, 0
+        for x, y, mask, _ in self._batches(indices):
+            n_phys += 1
+            losses = self._per_example_loss(x, y)
+            loss = (losses * mask.to(losses.dtype)).sum()
+            (loss / b).backward()
+            loss_sum += float(loss.detach())
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self._steps += 1
+        return StepStats(step=self._steps, batch_size=b, physical_batches=n_phys,
+                         loss=loss_sum / b if b else math.nan, grad_norm_mean=math.nan,
+                         clipped_fraction=0.0, noise_std=0.0)
+
+    # -- checkpoints -----------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """A deep-copied snapshot: model, optimizer, sampler and noise generator states,
+        step count, configuration and ledger. Keep it as private as the data."""
+        state = {
+            "format": STATE_FORMAT,
+            "module": self.module.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "sampler": self._sampler.state_dict(),
+            "noise": None if self._noise is None else self._noise.state_dict(),
+            "steps_taken": self._steps,
+            "planned_steps": self.planned_steps,
+            "config": None if self.config is None else self.config.to_dict(),
+            "ledger": self.ledger.to_dict(),
+        }
+        return copy.deepcopy(state)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restores a `state_dict()` so that training continues exactly where it stopped."""
+        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+            raise ValueError(f"Expected a trainer state of format {STATE_FORMAT!r}.")
+        mine = None if self.config is None else self.config.to_dict()
+        if state["config"] != mine:
+            diff = sorted(k for k in (mine or state["config"] or {})
+                          if (mine or {}).get(k) != (state["config"] or {}).get(k))
+            raise ValueError(f"The checkpoint was written under a different configuration (fields {diff}).")
+        saved = PrivacyLedger.from_dict(state["ledger"])
+        if self.ledger.entries != saved.entries:
+            if len(self.ledger) != 0:
+                raise ValueError("The trainer's ledger is neither empty nor equal to the checkpoint's ledger.")
+            self.ledger.extend(saved)
+        self.module.load_state_dict(state["module"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self._sampler.load_state_dict(state["sampler"])
+        if self._noise is not None:
+            self._noise.load_state_dict(state["noise"])
+        self._steps = int(state["steps_taken"])
