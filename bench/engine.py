@@ -293,6 +293,12 @@ def _report(rows: list[dict], args: argparse.Namespace) -> str:
         "* Opacus is given nn.MultiheadAttention replaced by its DPMultiheadAttention (ModuleValidator.fix); "
         "an engine that fails on a model is listed with its error.",
         "* The noise (one Gaussian draw per parameter per step) is included in every DP engine's step time.",
+        "* On a CPU shared with other jobs (see the load average above), two runs of this script an hour "
+        "apart moved single ratios by up to ~0.3x; read CPU ratios as rough. Peak RSS deltas on CPU are "
+        "dominated by allocator reuse (0 means no new pages were needed); on CPU privaudit keeps the "
+        "per-example convolution gradients of a small batch (B x 0.52M floats for the CNN) to reuse them "
+        "for the clipped sum, and computes them with one grouped convolution, which explains most of its "
+        "CNN memory.",
         "* On a GPU run `python bench/engine.py --device cuda --batch-mlp 1024 --batch-cnn 1024 "
         "--batch-transformer 1024 --seq-len 128 --threads 16` to compare with REFERENCES.md.",
     ]

@@ -16,7 +16,7 @@ from privaudit.accounting import (
 )
 from privaudit.attacks import roc_curve
 from privaudit.reports import collect_run, epsilon_curves, ledger_prefix_event, write_report
-from privaudit.reports._collect import SCORES_NAME
+from privaudit.reports._results import SCORES_NAME
 from privaudit.training._rundir import RunDir
 
 

@@ -81,3 +81,19 @@ def test_tiny_sweep_end_to_end(tmp_path):
     # Other settings in the same folder are refused, not mixed in.
     with pytest.raises(ValueError, match="other settings"):
         run_sweep(TrainSettings(**{**base.to_dict(), "lr": 1.0}), options, out=tmp_path / "sw")
+
+
+def test_cli_help_and_bad_input_exit_2(tmp_path):
+    from click.testing import CliRunner
+
+    from privaudit.cli import main
+
+    runner = CliRunner()
+    help_ = runner.invoke(main, ["sweep", "--help"])
+    assert help_.exit_code == 0 and "--max-grad-norm" in help_.output and "--epsilons" in help_.output
+    for args, message in ((["--epsilons", "1,abc"], "comma-separated"), (["--max-grad-norm", "0"], "max_grad_norm"),
+                          (["--seeds", "x"], "non-negative integers"), (["--shadows", "2"], "shadows >= 3")):
+        result = runner.invoke(main, ["sweep", "--out", str(tmp_path / "sw"), "--quiet", *args])
+        assert result.exit_code == 2, result.output
+        assert len(result.output.strip().splitlines()) == 1 and message in result.output
+    assert not (tmp_path / "sw").exists()

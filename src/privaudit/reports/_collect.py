@@ -26,9 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import hashlib
-import json
-import math
 import platform
 from collections.abc import Mapping
 from pathlib import Path
@@ -36,15 +33,12 @@ from typing import Any
 
 from .. import __version__
 from ._privacy import EpsilonCurve, describe_event, epsilon_curves
-from ._text import verdict_sentence
+from ._results import Attacks, AuditSection, read_attacks, read_audit
+from ._values import as_float, as_int, jsonable
 
-__all__ = ["Attacks", "AttackRow", "AuditSection", "LedgerRow", "Privacy", "PrivacyPoint", "REPORT_FORMAT",
-           "RunReport", "Setting", "Utility", "collect_run", "jsonable"]
+__all__ = ["LedgerRow", "Privacy", "PrivacyPoint", "REPORT_FORMAT", "RunReport", "Setting", "Utility", "collect_run"]
 
 REPORT_FORMAT = "privaudit.report/1"
-SCORES_NAME = "attack_scores.json"
-SCORES_FORMAT = "privaudit.attack_scores/1"
-_AUDIT_PLACES = ("audit.json", "audit/audit.json")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -110,62 +104,6 @@ class Utility:
     series: Mapping[str, tuple[float | None, ...]]
     final_test_accuracy: float | None
 
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class AttackRow:
-    """One attack of attack.json; `roc_fpr`/`roc_tpr` are None when no ROC points are stored."""
-
-    name: str
-    auc: float | None
-    advantage: float | None
-    balanced_accuracy: float | None
-    tpr_at_fpr: tuple[tuple[float, float | None, str | None], ...]
-    epsilon_lower_bound: float | None
-    epsilon_method: str | None
-    roc_fpr: tuple[float, ...] | None
-    roc_tpr: tuple[float, ...] | None
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class Attacks:
-    members: int | None
-    non_members: int | None
-    delta: float | None
-    delta_source: str | None
-    alpha: float | None
-    seed: int | None
-    shadows: int | None
-    rows: tuple[AttackRow, ...]
-    roc_source: str
-    plot_file: str | None
-    notes: tuple[str, ...]
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class AuditSection:
-    """The audit's claim, bound, estimate and verdict, with the canaries' scores for the histogram."""
-
-    file: str
-    verdict: str
-    sentence: str
-    epsilon_claimed: float | None
-    epsilon_lower_bound: float | None
-    confidence: float | None
-    delta: float | None
-    method: str | None
-    gdp_epsilon: float | None
-    gdp_mu: float | None
-    trainer: str | None
-    trainer_info: Mapping[str, Any]
-    threat: str | None
-    canaries: int | None
-    runs: int | None
-    seed: int | None
-    statistic: str | None
-    scores_in: tuple[float, ...]
-    scores_out: tuple[float, ...]
-
-
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RunReport:
     """Everything the report shows. A section is None when its artefact is missing;
@@ -183,48 +121,6 @@ class RunReport:
     def to_dict(self) -> dict[str, Any]:
         """report.json's content (non-finite numbers as null)."""
         return jsonable(dataclasses.asdict(self))
-
-
-def jsonable(value: Any) -> Any:
-    """A JSON-ready copy: tuples to lists, non-finite floats to None."""
-    if isinstance(value, Mapping):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, bool) or value is None or isinstance(value, (str, int)):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        return str(value)
-    return x if math.isfinite(x) else None
-
-
-def _float(x: Any) -> float | None:
-    """A finite float, or None (None, "nan", "inf" strings, bools and junk all give None)."""
-    if isinstance(x, bool) or x is None:
-        return None
-    try:
-        f = float(x)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
-def _int(x: Any) -> int | None:
-    return int(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else None
-
-
-def _read_json(path: Path) -> tuple[Any, str | None]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8")), None
-    except FileNotFoundError:
-        return None, f"{path.name} not found"
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        return None, f"{path.name} is unreadable ({type(exc).__name__}: {exc})"
-
 
 # ------------------------------------------------------------------------------------ setting
 
@@ -285,19 +181,19 @@ def _privacy(run: Any, config: Mapping[str, Any], summary: Mapping[str, Any],
     except ValueError as exc:
         return None, f"no readable ledger: {exc}"
     private = not bool(s.get("no_dp", False)) and summary.get("private", True) is not False
-    delta = _float(s.get("delta", summary.get("delta")))
+    delta = as_float(s.get("delta", summary.get("delta")))
     rows = tuple(LedgerRow(index=i + 1, event=describe_event(e.event.to_dict()), count=e.count, first=e.timestamp,
                            last=e.last_timestamp or e.timestamp, note=e.note) for i, e in enumerate(ledger.entries))
     total = ledger.total_count()
     points, notes = [], []
     for rec in metrics:
         step = rec.get("step", rec.get("round"))
-        if _int(step) is None:
+        if as_int(step) is None:
             continue
-        points.append(PrivacyPoint(epoch=_float(rec.get("epoch", rec.get("round"))), step=int(step),
-                                   logged_epsilon=_float(rec.get("epsilon"))))
+        points.append(PrivacyPoint(epoch=as_float(rec.get("epoch", rec.get("round"))), step=int(step),
+                                   logged_epsilon=as_float(rec.get("epsilon"))))
     if not points and total:
-        points.append(PrivacyPoint(epoch=None, step=total, logged_epsilon=_float(summary.get("epsilon"))))
+        points.append(PrivacyPoint(epoch=None, step=total, logged_epsilon=as_float(summary.get("epsilon"))))
     if any(p.step > total for p in points):
         notes.append(f"metrics.jsonl records steps beyond the ledger's {total}: those points use the whole ledger.")
     elif points and points[-1].step < total:
@@ -328,134 +224,12 @@ def _utility(metrics: list[dict[str, Any]]) -> tuple[Utility | None, str | None]
     keys = ("train_loss", "test_loss", "train_accuracy", "test_accuracy")
     xs, series = [], {k: [] for k in keys}
     for i, rec in enumerate(metrics):
-        xs.append(_float(rec.get(x_name)) if _float(rec.get(x_name)) is not None else float(i + 1))
+        xs.append(as_float(rec.get(x_name)) if as_float(rec.get(x_name)) is not None else float(i + 1))
         for k in keys:
-            series[k].append(_float(rec.get(k)))
+            series[k].append(as_float(rec.get(k)))
     tests = [v for v in series["test_accuracy"] if v is not None]
     return Utility(x_name=x_name, x=tuple(xs), series={k: tuple(v) for k, v in series.items()},
                    final_test_accuracy=tests[-1] if tests else None), None
-
-
-# ------------------------------------------------------------------------------------ attacks
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _saved_scores(run_dir: Path, attack_path: Path) -> tuple[dict[str, Any] | None, str | None]:
-    path = run_dir / SCORES_NAME
-    data, err = _read_json(path)
-    if data is None:
-        return None, err
-    if not isinstance(data, dict) or data.get("format") != SCORES_FORMAT:
-        return None, f"{SCORES_NAME} is not in the {SCORES_FORMAT} format"
-    if data.get("attack_json_sha256") != _sha256(attack_path):
-        return None, f"{SCORES_NAME} belongs to an earlier attack.json (the attack was re-run since)"
-    return data, None
-
-
-def _roc_points(name: str, entry: Mapping[str, Any], saved: Mapping[str, Any] | None
-                ) -> tuple[tuple[float, ...] | None, tuple[float, ...] | None, str | None]:
-    roc = entry.get("roc")
-    if isinstance(roc, Mapping) and isinstance(roc.get("fpr"), list) and isinstance(roc.get("tpr"), list):
-        fpr = tuple(float(v) for v in roc["fpr"])
-        tpr = tuple(float(v) for v in roc["tpr"])
-        if len(fpr) == len(tpr) and fpr:
-            return fpr, tpr, "attack.json"
-    if saved is not None and name in (saved.get("scores") or {}):
-        from ..attacks import roc_curve
-
-        try:
-            curve = roc_curve(scores=saved["scores"][name], membership=saved["membership"])
-        except (ValueError, KeyError) as exc:
-            return None, None, f"saved scores of {name} unusable: {exc}"
-        return tuple(float(v) for v in curve.fpr), tuple(float(v) for v in curve.tpr), SCORES_NAME
-    return None, None, None
-
-
-def _attacks(run_dir: Path) -> tuple[Attacks | None, str | None]:
-    path = run_dir / "attack.json"
-    data, err = _read_json(path)
-    if data is None:
-        return None, f"not run ({err}); run `privaudit attack {run_dir}`"
-    if not isinstance(data, dict) or not isinstance(data.get("attacks"), Mapping) or not data["attacks"]:
-        return None, "attack.json holds no attack results (a shard of shadow models only?)"
-    saved, saved_err = _saved_scores(run_dir, path)
-    notes, rows, sources = [], [], set()
-    for name, entry in data["attacks"].items():
-        entry = entry if isinstance(entry, Mapping) else {}
-        unreported = entry.get("tpr_at_fpr_unreported") or {}
-        tprs = []
-        for key, value in (entry.get("tpr_at_fpr") or {}).items():
-            fpr = _float(key)
-            if fpr is not None:
-                why = None if value is not None else str(unreported.get(key, "not reported"))
-                tprs.append((fpr, _float(value), why))
-        bound = entry.get("epsilon_lower_bound") if isinstance(entry.get("epsilon_lower_bound"), Mapping) else {}
-        fpr_pts, tpr_pts, source = _roc_points(name, entry, saved)
-        if fpr_pts is None and source is not None:
-            notes.append(source)
-        elif source is not None:
-            sources.add(source)
-        rows.append(AttackRow(name=str(name), auc=_float(entry.get("auc")), advantage=_float(entry.get("advantage")),
-                              balanced_accuracy=_float(entry.get("balanced_accuracy")),
-                              tpr_at_fpr=tuple(sorted(tprs)), epsilon_lower_bound=_float(bound.get("value")),
-                              epsilon_method=bound.get("method"), roc_fpr=fpr_pts, roc_tpr=tpr_pts))
-    if any(r.roc_fpr is None for r in rows):
-        notes.append("ROC points are not stored in attack.json"
-                     + (f" and {saved_err}" if saved_err else "") + ": the attack's own ROC plot is shown instead.")
-    plot = data.get("plot") if isinstance(data.get("plot"), str) else None
-    plot = plot if plot and (run_dir / plot).is_file() else None
-    pop = data.get("population") if isinstance(data.get("population"), Mapping) else {}
-    shadows = data.get("shadows") if isinstance(data.get("shadows"), Mapping) else {}
-    notes.extend(str(n) for n in data.get("notes") or [])
-    return Attacks(members=_int(pop.get("members")), non_members=_int(pop.get("non_members")),
-                   delta=_float(data.get("delta")), delta_source=data.get("delta_source"),
-                   alpha=_float(data.get("alpha")), seed=_int(data.get("seed")), shadows=_int(shadows.get("count")),
-                   rows=tuple(rows), roc_source=", ".join(sorted(sources)) or "none",
-                   plot_file=plot, notes=tuple(notes)), None
-
-
-# ------------------------------------------------------------------------------------ audit
-
-
-def _audit(run_dir: Path, private: bool) -> tuple[AuditSection | None, str | None]:
-    for place in _AUDIT_PLACES:
-        if (run_dir / place).is_file():
-            path = run_dir / place
-            break
-    else:
-        if not private:
-            return None, "not run: the model was trained without DP, so there is no privacy claim to audit"
-        return None, "not run (no audit.json); `privaudit run` audits the training at the run's epsilon"
-    data, err = _read_json(path)
-    if not isinstance(data, dict) or "verdict" not in data:
-        return None, err or "audit.json holds no verdict"
-    scores = data.get("scores") or []
-    member = data.get("membership") or []
-    s_in, s_out = [], []
-    if len(scores) == len(member):
-        for s, m in zip(scores, member):
-            v = _float(s)
-            if v is not None:
-                (s_in if m else s_out).append(v)
-    bound = data.get("bound") if isinstance(data.get("bound"), Mapping) else {}
-    gdp = data.get("gdp_estimate") if isinstance(data.get("gdp_estimate"), Mapping) else {}
-    confidence = _float(data.get("confidence"))
-    if confidence is None and _float(data.get("alpha")) is not None:
-        confidence = 1.0 - float(data["alpha"])
-    return AuditSection(
-        file=str(path.relative_to(run_dir)), verdict=str(data["verdict"]), sentence=verdict_sentence(data),
-        epsilon_claimed=_float(data.get("epsilon_claimed")),
-        epsilon_lower_bound=_float(data.get("epsilon_lower_bound")),
-        confidence=confidence, delta=_float(data.get("delta")), method=bound.get("method"),
-        gdp_epsilon=_float(gdp.get("epsilon")), gdp_mu=_float(gdp.get("mu")), trainer=data.get("trainer"),
-        trainer_info=dict(data.get("trainer_info") or {}) if isinstance(data.get("trainer_info"), Mapping) else {},
-        threat=data.get("threat"), canaries=_int(data.get("canaries")), runs=_int(data.get("runs")),
-        seed=_int(data.get("seed")), statistic=data.get("statistic"), scores_in=tuple(s_in),
-        scores_out=tuple(s_out)), None
-
 
 # ------------------------------------------------------------------------------------ all
 
@@ -492,11 +266,11 @@ def collect_run(run_dir: str | Path) -> RunReport:
     utility, why = _utility(metrics)
     if why:
         missing.setdefault("utility", why)
-    attacks, why = _attacks(run.path)
+    attacks, why = read_attacks(run.path)
     if why:
         missing["attacks"] = why
     private = not bool((config.get("settings") or {}).get("no_dp", False))
-    audit, why = _audit(run.path, private)
+    audit, why = read_audit(run.path, private)
     if why:
         missing["audit"] = why
     return RunReport(format=REPORT_FORMAT,

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import _io, _validate
-from ._collect import SCORES_FORMAT, SCORES_NAME
+from ._results import SCORES_FORMAT, SCORES_NAME
 from ._write import ReportFiles, write_report
 
 __all__ = ["STAGES", "PipelineEvent", "PipelineOptions", "PipelineResult", "QUICK", "run_pipeline"]
