@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from ._errors import BadInput, bad_input_as_exit_2
+from ._federated_options import federated_options, run_federated
 
 __all__ = ["train"]
 
@@ -52,6 +53,7 @@ def _read_config(path: str) -> dict[str, Any]:
 @click.option("--out", default="runs", show_default=True, type=click.Path(file_okay=False))
 @click.option("--resume", is_flag=True, help="Continue runs/<name> from its last checkpoint.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@federated_options
 @click.pass_context
 def train(ctx: click.Context, config_path: str | None, resume: bool, quiet: bool, **flags: Any) -> None:
     """Train a model with DP-SGD and write runs/<name>/ (config, weights, ledger, split, metrics).
@@ -65,6 +67,7 @@ def train(ctx: click.Context, config_path: str | None, resume: bool, quiet: bool
     from ..training._job import TrainSettings, train_job
 
     with bad_input_as_exit_2():
+        run_federated(ctx, flags, config_path=config_path, resume=resume, quiet=quiet)
         values: dict[str, Any] = {}
         if config_path is not None:
             values.update(_read_config(config_path))

@@ -28,13 +28,10 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
-from flwr.clientapp import ClientApp
-from flwr.serverapp import Grid, ServerApp
 
 from ..accounting import PrivacyLedger
 from ._fed_build import Federation, build_federated_model, load_federation
@@ -43,14 +40,31 @@ from ._fed_local import FlatParams, batch_plan, train_dp_sgd, train_sequential
 from ._fed_settings import FederatedSettings
 from ._fed_sim import dp_sgd_seed
 
+if TYPE_CHECKING:
+    from flwr.app import Context, Message
+    from flwr.serverapp import Grid
+
 __all__ = ["FlowerClients", "client_app", "run_flower_deployment", "server_app"]
 
-server_app = ServerApp()
-client_app = ClientApp()
+
+@lru_cache(maxsize=1)
+def _apps() -> dict[str, Any]:
+    """The ServerApp and ClientApp, built on first use so that importing this module needs no flwr."""
+    from flwr.clientapp import ClientApp
+    from flwr.serverapp import ServerApp
+
+    server, client = ServerApp(), ClientApp()
+    server.main()(main)
+    client.query()(query)
+    client.train()(train)
+    return {"server_app": server, "client_app": client}
 
 
-def _settings(context: Context) -> FederatedSettings:
-    return FederatedSettings.from_mapping(json.loads(str(context.run_config["settings"])))
+def __getattr__(name: str) -> Any:
+    """`server_app` and `client_app` (PEP 562), the names a Flower App's pyproject.toml points at."""
+    if name in ("server_app", "client_app"):
+        return _apps()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @lru_cache(maxsize=2)
@@ -59,16 +73,18 @@ def _federation(settings_json: str) -> tuple[FederatedSettings, Federation]:
     return s, load_federation(s)
 
 
-@client_app.query()
 def query(msg: Message, context: Context) -> Message:
     """Tells the server which client (partition) this SuperNode holds."""
+    from flwr.app import ConfigRecord, Message, RecordDict
+
     return Message(RecordDict({"config": ConfigRecord({"partition-id": int(context.node_config["partition-id"])})}),
                    reply_to=msg)
 
 
-@client_app.train()
 def train(msg: Message, context: Context) -> Message:
     """One round of local training from the global model in `msg`; replies with the update."""
+    from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+
     s, fed = _federation(str(context.run_config["settings"]))
     cfg = msg.content["config"]
     client, rnd = int(cfg["client"]), int(cfg["round"])
@@ -105,6 +121,8 @@ class FlowerClients:
                  timeout_s: float = 120.0) -> None:
         import time
 
+        from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+
         self.grid, self.timeout_s, self.noise_multiplier = grid, float(timeout_s), noise_multiplier
         deadline = time.monotonic() + self.timeout_s
         nodes = list(grid.get_node_ids())
@@ -125,6 +143,8 @@ class FlowerClients:
 
     def __call__(self, clients: Sequence[int], *, round_number: int,
                  global_flat: torch.Tensor) -> tuple[torch.Tensor, list[PrivacyLedger] | None]:
+        from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+
         arrays = ArrayRecord.from_numpy_ndarrays([global_flat.detach().cpu().numpy()])
         messages = []
         for c in clients:
@@ -154,7 +174,6 @@ def _raise_on_error(reply: Message) -> None:
         raise RuntimeError(f"A ClientApp failed: {reply.error.reason}")
 
 
-@server_app.main()
 def main(grid: Grid, context: Context) -> None:
     """Runs the whole federated job, its clients being the SuperNodes."""
     from ._fed_build import build_server
