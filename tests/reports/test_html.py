@@ -107,7 +107,8 @@ def test_verdict_sentence_matches_audit_json(run_copy, verdict):
     report, files = write_report(run_copy)
     sentence = verdict_sentence(audit)
     assert report.audit.sentence == sentence and sentence.startswith(verdict + ":")
-    assert f"ε ≥ {audit['epsilon_lower_bound']:.3f}" in sentence and f"ε = {audit['epsilon_claimed']:.3f}" in sentence
+    assert f"ε ≥ {audit['epsilon_lower_bound']:.3f}" in sentence
+    assert f"ε = {audit['epsilon_claimed']:.3f}" in sentence
     page = files.html.read_text(encoding="utf-8")
     assert f'<p class="{verdict.lower()}">{verdict}:' in page
     assert ("does not exceed" in sentence) == (verdict == "PASS")

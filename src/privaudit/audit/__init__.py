@@ -1,5 +1,17 @@
 """Privacy audits: lower bounds (and estimates) of epsilon from canary outcomes.
 
+Auditing a training procedure (`audit`; `privaudit audit` on the command line)::
+
+    result = audit("privaudit", epsilon=2.0, delta=1e-5, canaries=1000, threat="whitebox")
+    result.verdict, result.epsilon_claimed, result.epsilon_lower, result.gdp
+
+Your own training is audited the same way: pass a function
+``train(dataset: AuditDataset, *, epsilon, delta, seed, record_updates) -> TrainerOutput``
+(the `Trainer` protocol), or ``"module:function"``. It trains on ``dataset.x, dataset.y``,
+adds the included ``dataset.gradient_canaries`` to its clipped sums (white-box), returns
+the model, the DP event it claims, and, when ``record_updates`` is True, every step's
+noisy clipped sum.
+
 The statistics, the canaries and `audit` itself import without torch; the
 trainers (`BuiltinTrainer`, `TrainingOptions`, `load_trainer`) load torch on
 first use, through the module's `__getattr__`.

@@ -52,11 +52,13 @@ def plot_bound(result: Any, path: str | Path) -> Path:
     lb, claimed = float(result.epsilon_lower), float(result.epsilon_claimed)
     gdp = None if result.gdp is None else float(result.gdp.epsilon)
     top = max(claimed, lb, gdp if gdp is not None and np.isfinite(gdp) else 0.0) * 1.3 + 0.1
-    fig, ax = plt.subplots(figsize=(6, 4.2))
+    fig, ax = plt.subplots(figsize=(6.4, 5.2))
     ax.axhline(claimed, color="black", linestyle="--", label=f"epsilon claimed = {claimed:.3g}")
     pct = f"{100 * result.confidence:.0f}%"
-    ax.errorbar([0], [lb], yerr=[[0.0], [top - lb]], fmt="o", color="tab:red", capsize=0, lolims=True,
-                label=f"rigorous lower bound = {lb:.3g} ({pct} confidence: epsilon in [lb, inf))")
+    # A one-sided confidence interval [lb, inf): a band from the bound to the top of the axis.
+    ax.vlines(0, lb, top, color="tab:red", linewidth=6, alpha=0.35)
+    ax.plot([0], [lb], "o", color="tab:red",
+            label=f"rigorous lower bound = {lb:.3g} ({pct} confidence: epsilon in [lb, inf))")
     if gdp is not None and np.isfinite(gdp):
         ax.plot([1], [gdp], "s", color="tab:blue", label=f"GDP estimate = {gdp:.3g} (not a bound)")
     ax.set_xticks([0, 1], ["lower bound", "GDP estimate"])
@@ -65,7 +67,7 @@ def plot_bound(result: Any, path: str | Path) -> Path:
     ax.set_ylabel(f"epsilon at delta = {result.delta:g} (nats)")
     ax.set_title(f"{result.trainer}, {result.threat}, {result.canaries} canaries x {result.runs} run(s): "
                  f"{result.verdict}")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), fontsize=8, frameon=False)
     fig.tight_layout()
     out = Path(path)
     fig.savefig(out, dpi=110)

@@ -39,7 +39,8 @@ def _default_out(trainer: str, threat: str, epsilon: float, canaries: int, runs:
 @click.option("--canary-kind", type=click.Choice(["mislabeled", "random"]), default="mislabeled",
               show_default=True, help="Black-box canaries.")
 @click.option("--epochs", type=float, help="Built-in trainers: epochs (default 10).")
-@click.option("--sampling-rate", type=float, help="Built-in trainers: Poisson rate q (default 0.1; 1 = full-batch DP-GD).")
+@click.option("--sampling-rate", type=float,
+              help="Built-in trainers: Poisson rate q (default 0.1; 1 = full-batch DP-GD).")
 @click.option("--hidden", type=int, help="Built-in trainers: MLP hidden width (default 256).")
 @click.option("--max-grad-norm", type=float, help="Built-in trainers: clipping norm C.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False),

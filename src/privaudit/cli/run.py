@@ -50,8 +50,9 @@ def run(ctx: click.Context, data: str, model: str, epsilon: float, delta: float,
     """Train with DP-SGD, attack the model, audit the training, and write the report.
 
     Ends by printing the path of the HTML report. The defaults (digits, an MLP,
-    ε = 2, 60 epochs, 8 shadow models, 1,000 white-box canaries) took 7 minutes
-    on a busy 2-core CPU; --quick is a smoke test of well under a minute.
+    ε = 2, 60 epochs, 8 shadow models, 1,000 white-box canaries) took one
+    minute on a quiet 2-core CPU (seven when other jobs loaded it); --quick
+    (5 epochs, 4 shadow models, 200 canaries) is a smoke test.
 
     \b
     Examples:

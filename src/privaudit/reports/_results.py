@@ -138,7 +138,8 @@ def read_attacks(run_dir: Path) -> tuple[Attacks | None, str | None]:
             notes.append(source)
         elif source is not None:
             sources.add(source)
-        rows.append(AttackRow(name=str(name), auc=as_float(entry.get("auc")), advantage=as_float(entry.get("advantage")),
+        rows.append(AttackRow(name=str(name), auc=as_float(entry.get("auc")),
+                              advantage=as_float(entry.get("advantage")),
                               balanced_accuracy=as_float(entry.get("balanced_accuracy")),
                               tpr_at_fpr=tuple(sorted(tprs)), epsilon_lower_bound=as_float(bound.get("value")),
                               epsilon_method=bound.get("method"), roc_fpr=fpr_pts, roc_tpr=tpr_pts))
@@ -152,7 +153,8 @@ def read_attacks(run_dir: Path) -> tuple[Attacks | None, str | None]:
     notes.extend(str(n) for n in data.get("notes") or [])
     return Attacks(members=as_int(pop.get("members")), non_members=as_int(pop.get("non_members")),
                    delta=as_float(data.get("delta")), delta_source=data.get("delta_source"),
-                   alpha=as_float(data.get("alpha")), seed=as_int(data.get("seed")), shadows=as_int(shadows.get("count")),
+                   alpha=as_float(data.get("alpha")), seed=as_int(data.get("seed")),
+                   shadows=as_int(shadows.get("count")),
                    rows=tuple(rows), roc_source=", ".join(sorted(sources)) or "none",
                    plot_file=plot, notes=tuple(notes)), None
 

@@ -149,6 +149,10 @@ def _utility(r: RunReport, images: dict[str, bytes]) -> list[Block]:
     return blocks
 
 
+def _fixed(x: float | None, decimals: int = 4) -> str:
+    return "n/a" if x is None else f"{x:.{decimals}f}"
+
+
 def _attacks(r: RunReport, images: dict[str, bytes]) -> list[Block]:
     blocks: list[Block] = [Heading("4. Membership-inference attacks")]
     a = r.attacks
@@ -181,7 +185,7 @@ def _attacks(r: RunReport, images: dict[str, bytes]) -> list[Block]:
     for row in a.rows:
         tpr = {f: v for f, v, _ in row.tpr_at_fpr}
         cells = [fmt_pct(tpr[f], 2) if tpr.get(f) is not None else "n/a (too few negatives)" for f in fprs]
-        rows.append((row.name, fmt_num(row.auc), *cells, fmt_num(row.advantage), fmt_eps(row.epsilon_lower_bound)))
+        rows.append((row.name, _fixed(row.auc), *cells, _fixed(row.advantage), fmt_eps(row.epsilon_lower_bound)))
     blocks.append(Table(header, tuple(rows), caption="From attack.json."))
     # One line per method, with the per-attack numbers of thresholds folded into "the thresholds tried".
     methods = sorted({re.sub(r"\b\d+ thresholds", "the thresholds tried", row.epsilon_method)

@@ -72,7 +72,8 @@ def _trend_lines(data: Mapping[str, Any]) -> list[str]:
                  for p, a in zip(pts, accs)]
         ok, drops = monotone_within_noise(accs, noise)
         lines.append(f"Held-out accuracy over ε = {eps}{where}: {', '.join(fmt_pct(a) for a in accs)} — "
-                     + ("rises with ε within noise (no drop beyond twice the standard error)." if ok else
+                     + ("never falls as ε grows beyond twice the noise (the larger of the seeds' standard "
+                        "deviation and the binomial standard error on the held-out split)." if ok else
                         "falls beyond noise between ε = "
                         + "; ".join(f"{_eps_label(pts[i]['epsilon'])} and {_eps_label(pts[i + 1]['epsilon'])}"
                                     for i in drops) + "."))
@@ -80,20 +81,23 @@ def _trend_lines(data: Mapping[str, Any]) -> list[str]:
         for name in attacks:
             aucs = [(p["attacks"].get(name) or {}).get("auc") for p in pts]
             ok, drops = monotone_within_noise(aucs, [se] * len(aucs))
-            lines.append(f"{name} AUC over the same ε{where}: {', '.join(fmt_num(a, 3) for a in aucs)} — "
-                         + ("rises with ε within noise" if ok else "falls beyond noise between ε = " + "; ".join(
+            lines.append(f"{name} AUC over the same ε{where}: "
+                         + ", ".join("n/a" if a is None else f"{a:.3f}" for a in aucs) + " — "
+                         + ("never falls as ε grows beyond twice the standard error of a chance AUC" if ok
+                            else "falls beyond noise between ε = " + "; ".join(
                              f"{_eps_label(pts[i]['epsilon'])} and {_eps_label(pts[i + 1]['epsilon'])}"
                              for i in drops))
-                         + (f" (standard error of a chance AUC here: {se:.3f})." if se else "."))
+                         + (f" ({se:.3f} here)." if se else "."))
     return lines
 
 
-def _mean_sd(mean: float | None, sd: float | None, *, pct: bool = False, digits: int = 3) -> str:
+def _mean_sd(mean: float | None, sd: float | None, *, pct: bool = False, decimals: int = 3) -> str:
+    """ "mean ± sd" with fixed decimals (percent points for a percentage)."""
     if mean is None:
         return "n/a"
-    text = fmt_pct(mean) if pct else fmt_num(mean, digits)
+    text = fmt_pct(mean) if pct else f"{mean:.{decimals}f}"
     if sd is not None:
-        text += f" ± {100 * sd:.1f}" if pct else f" ± {sd:.{digits}f}"
+        text += f" ± {100 * sd:.1f}" if pct else f" ± {sd:.{decimals}f}"
     return text
 
 
@@ -105,7 +109,7 @@ def sweep_document(data: Mapping[str, Any]) -> Document:
     members = runs[0].get("members") if runs else None
     non_members = runs[0].get("non_members") if runs else None
     blocks: list[Block] = [
-        Paragraph(f"{base.get('data')} with a {base.get('model')}, {fmt_num(base.get('epochs'))} epochs, expected "
+        Paragraph(f"Data {base.get('data')}, model {base.get('model')}, {fmt_num(base.get('epochs'))} epochs, expected "
                   f"batch {base.get('batch_size')}, SGD lr {fmt_num(base.get('lr'))} (momentum "
                   f"{fmt_num(base.get('momentum'))}), δ = {fmt_num(base.get('delta'), 3)}, held-out fraction "
                   f"{fmt_num(base.get('test_fraction'))} ({fmt_num(members)} members, {fmt_num(non_members)} "
@@ -137,12 +141,12 @@ def sweep_document(data: Mapping[str, Any]) -> Document:
             row += [_mean_sd(a.get("auc"), a.get("auc_sd")),
                     _mean_sd(a.get("tpr_at_1pct"), a.get("tpr_at_1pct_sd"), pct=True)
                     if a.get("tpr_at_1pct") is not None else "n/a (too few negatives)",
-                    _mean_sd(a.get("epsilon_lower_bound"), a.get("epsilon_lower_bound_sd"))]
+                    _mean_sd(a.get("epsilon_lower_bound"), a.get("epsilon_lower_bound_sd"), decimals=2)]
         rows.append(tuple(row))
     blocks.append(Table(tuple(header), tuple(rows), caption="Mean ± standard deviation over seeds."))
     run_rows = tuple((r["label"], str(r["seed"]), fmt_eps(r["epsilon"]), fmt_num(r["noise_multiplier"]),
                       fmt_pct(r["test_accuracy"]),
-                      *(fmt_num((r["attacks"].get(n) or {}).get("auc"), 3) for n in attacks)) for r in runs)
+                      *(_mean_sd((r["attacks"].get(n) or {}).get("auc"), None) for n in attacks)) for r in runs)
     blocks.append(Table(("run", "seed", "ε", "noise multiplier", "held-out accuracy", *(f"{n} AUC" for n in attacks)),
                         run_rows, caption="Every run (folders under runs/, each with its attack.json)."))
     return Document(title=f"privaudit sweep: {base.get('data')}, {base.get('model')}", blocks=tuple(blocks),
