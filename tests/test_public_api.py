@@ -6,7 +6,7 @@ import importlib
 
 import pytest
 
-PACKAGES = ["privaudit", "privaudit.accounting", "privaudit.attacks", "privaudit.audit", "privaudit.cli"]
+PACKAGES = ["privaudit", "privaudit.accounting", "privaudit.attacks", "privaudit.audit", "privaudit.cli", "privaudit.reports", "privaudit.training"]
 
 
 @pytest.mark.parametrize("name", PACKAGES)
