@@ -33,6 +33,8 @@ import sys
 import time
 from pathlib import Path
 
+from _machine import cpu_model  # bench/_machine.py (scripts run as python bench/NAME.py)
+
 DELTA = 1e-5
 TIMEOUT_S = 60
 MEMORY_BYTES = 8 << 30
@@ -194,14 +196,7 @@ def _machine() -> dict[str, str]:
     import numpy
     import scipy
 
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model(platform.processor() or "unknown")
     versions = {}
     for mod in ("dp_accounting", "opacus", "torch"):
         try:

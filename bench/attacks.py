@@ -34,6 +34,8 @@ from privaudit.attacks._shadows import ShadowConfig, assign_membership, shadow_s
 from privaudit.training import build_model, make_private
 from privaudit.training._data import load_dataset
 
+from _machine import cpu_model  # bench/_machine.py (scripts run as python bench/NAME.py)
+
 MODELS = {"logreg": {}, "mlp": {"hidden": 256}}
 
 
@@ -88,14 +90,7 @@ def _time(fn, repeats: int, device: str) -> float:
 
 
 def _machine(device: str, threads: int) -> list[str]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model(platform.processor() or platform.machine())
     try:
         load = " / ".join(f"{v:.1f}" for v in os.getloadavg())
     except OSError:

@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _machine import cpu_model, load_average  # bench/_machine.py (scripts run as python bench/NAME.py)
+
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 CLI = [PY, "-c", "from privaudit.cli import main; main()"]
@@ -53,15 +55,8 @@ LONG_STEPS: dict[str, tuple[str, list[list[str]]]] = {
 
 
 def _machine() -> str:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = " ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+    cpu = cpu_model()
+    load = load_average()
     return (f"{platform.system()} {platform.machine()}, CPU {cpu}, {os.cpu_count()} logical cores, "
             f"Python {platform.python_version()}; load average at the end {load}")
 

@@ -25,6 +25,8 @@ import shutil
 import time
 from pathlib import Path
 
+from _machine import cpu_model, load_average  # bench/_machine.py (scripts run as python bench/NAME.py)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -47,15 +49,8 @@ def _machine(threads: int, seconds: float, recorded: tuple[float, float]) -> lis
 
     import privaudit
 
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = " ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+    cpu = cpu_model()
+    load = load_average()
     return ["## Machine", "",
             f"- date (UTC): {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M}",
             f"- CPU: {cpu}; {os.cpu_count()} logical cores visible; torch threads {threads}",

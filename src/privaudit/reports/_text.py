@@ -6,17 +6,9 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from ._values import as_float as _finite
+
 __all__ = ["fmt_eps", "fmt_num", "fmt_pct", "verdict_sentence"]
-
-
-def _finite(x: Any) -> float | None:
-    if isinstance(x, bool) or x is None:
-        return None
-    try:
-        f = float(x)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
 
 
 def fmt_num(x: Any, digits: int = 4) -> str:
