@@ -17,7 +17,7 @@ from typing import ClassVar
 from ._accountant import NeighboringRelation, PrivacyAccountant
 from ._events import DpEvent, GaussianEvent, NoOpEvent, PoissonSampledEvent
 from ._gdp_math import gdp_delta, gdp_epsilon
-from .rdp import _canonical_leaf
+from ._events import canonical_leaf
 
 __all__ = ["GDPAccountant"]
 
@@ -64,7 +64,7 @@ class GDPAccountant(PrivacyAccountant):
 
     def _leaf_mu_sq(self, leaf: DpEvent) -> tuple[float, bool] | None:
         """(mu^2 of one run, whether it is a CLT estimate), or None if unsupported."""
-        leaf = _canonical_leaf(leaf)
+        leaf = canonical_leaf(leaf)
         sensitivity = 2.0 if self._relation is NeighboringRelation.REPLACE_ONE else 1.0
         if isinstance(leaf, NoOpEvent):
             return 0.0, False

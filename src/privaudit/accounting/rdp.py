@@ -31,14 +31,13 @@ import numpy as np
 
 from ._accountant import NeighboringRelation, PrivacyAccountant
 from ._events import (
-    ComposedEvent,
     DpEvent,
     GaussianEvent,
     LaplaceEvent,
     NoOpEvent,
     PoissonSampledEvent,
     SampledWithoutReplacementEvent,
-    SelfComposedEvent,
+    canonical_leaf,
 )
 from ._rdp_math import (
     DEFAULT_ORDERS,
@@ -52,50 +51,6 @@ from ._rdp_math import (
 )
 
 __all__ = ["RDPAccountant"]
-
-
-def _canonical_leaf(event: DpEvent) -> DpEvent:
-    """Rewrites a leaf into the simplest event with the same privacy.
-
-    Poisson sampling at rate 0 runs nothing; at rate 1 it is the inner event; two
-    nested Poisson samples are one at the product rate. A fixed-size sample of
-    everything is the inner event. `SelfComposedEvent(e, 1)` and a one-event
-    `ComposedEvent` inside a sampler are `e`. Anything else is returned unchanged.
-    """
-
-    def unwrap(e: DpEvent) -> DpEvent:
-        if isinstance(e, SelfComposedEvent):
-            if e.count == 0:
-                return NoOpEvent()
-            if e.count == 1:
-                return unwrap(e.event)
-        if isinstance(e, ComposedEvent):
-            inner = [x for x in (unwrap(s) for s in e.events) if not isinstance(x, NoOpEvent)]
-            if not inner:
-                return NoOpEvent()
-            if len(inner) == 1:
-                return inner[0]
-        if isinstance(e, (PoissonSampledEvent, SampledWithoutReplacementEvent)):
-            return _canonical_leaf(e)
-        return e
-
-    if isinstance(event, PoissonSampledEvent):
-        inner = unwrap(event.event)
-        if event.sampling_rate == 0.0 or isinstance(inner, NoOpEvent):
-            return NoOpEvent()
-        if event.sampling_rate == 1.0:
-            return inner
-        if isinstance(inner, PoissonSampledEvent):
-            return PoissonSampledEvent(event.sampling_rate * inner.sampling_rate, inner.event)
-        return PoissonSampledEvent(event.sampling_rate, inner)
-    if isinstance(event, SampledWithoutReplacementEvent):
-        inner = unwrap(event.event)
-        if event.sample_size == 0 or isinstance(inner, NoOpEvent):
-            return NoOpEvent()
-        if event.sample_size == event.source_size:
-            return inner
-        return SampledWithoutReplacementEvent(event.source_size, event.sample_size, inner)
-    return event
 
 
 def _sensitivity(relation: NeighboringRelation) -> float:
@@ -172,7 +127,7 @@ _HANDLERS: dict[type[DpEvent], _Handler] = {
 @functools.lru_cache(maxsize=512)
 def _leaf_rdp(leaf: DpEvent, relation: NeighboringRelation, orders: tuple[float, ...]) -> np.ndarray | None:
     """The RDP curve of one run of `leaf`, or None when it is not supported (cached; read-only)."""
-    leaf = _canonical_leaf(leaf)
+    leaf = canonical_leaf(leaf)
     handler = _HANDLERS.get(type(leaf))
     if handler is None:
         return None
