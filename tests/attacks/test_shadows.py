@@ -33,10 +33,14 @@ def _sequential(cfg: ShadowConfig, x, y, membership, seeds, model_fn=_mlp):
         torch.manual_seed(seed)
         model = model_fn(seed)
         rows = np.flatnonzero(membership[k])
+        optimizer = (torch.optim.Adam(model.parameters(), lr=cfg.lr) if cfg.optimizer == "adam"
+                     else torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum))
+        batch = (max(1, min(len(rows), round(cfg.sampling_rate * len(rows)))) if cfg.sampling_rate is not None
+                 else min(cfg.batch_size, len(rows)))
         trainer = make_private(
-            module=model, optimizer=torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum),
+            module=model, optimizer=optimizer,
             data=(x[rows], y[rows]), loss_fn=nn.CrossEntropyLoss(), epochs=cfg.epochs,
-            expected_batch_size=min(cfg.batch_size, len(rows)), max_grad_norm=None if cfg.no_dp else cfg.max_grad_norm,
+            expected_batch_size=batch, max_grad_norm=None if cfg.no_dp else cfg.max_grad_norm,
             noise_multiplier=cfg.noise_multiplier, clipping=cfg.clipping, seed=seed, no_dp=cfg.no_dp)
         trainer.run()
         trainer.close()
@@ -52,6 +56,10 @@ CONFIGS = {
                                    per_example="materialize", chunk_size=5),
     "dp_per_layer": ShadowConfig(epochs=3, batch_size=8, lr=0.5, max_grad_norm=0.5, noise_multiplier=1.0,
                                  clipping="per_layer"),
+    # The default recipe's optimizer and batch rule: Adam, batch = round(q * N_k) per model.
+    "dp_adam_rate": ShadowConfig(epochs=3, batch_size=8, sampling_rate=1 / 6, optimizer="adam", lr=0.02,
+                                 max_grad_norm=0.5, noise_multiplier=1.0),
+    "no_dp_adam": ShadowConfig(epochs=3, batch_size=8, optimizer="adam", lr=0.02, no_dp=True),
 }
 
 

@@ -57,9 +57,10 @@ def test_monotone_within_noise():
 
 
 def test_tiny_sweep_end_to_end(tmp_path):
-    base = TrainSettings(model="logreg", epochs=1, batch_size=256, lr=2.0, target_epsilon=1.0, test_fraction=0.5,
-                         device="cpu")
-    options = SweepOptions(epsilons=(2.0, math.inf), seeds=(0,), attacks=("loss", "lira"), shadows=3, device="cpu")
+    base = TrainSettings(model="logreg", epochs=1, batch_size=256, optimizer="sgd", lr=2.0, max_grad_norm=0.1,
+                         target_epsilon=1.0, test_fraction=0.5, device="cpu")
+    options = SweepOptions(epsilons=(2.0, math.inf), seeds=(0,), attacks=("loss", "lira"), shadows=3, device="cpu",
+                           no_dp_lr=0.1)
     events = []
     result = run_sweep(base, options, out=tmp_path / "sw", listener=events.append)
     assert [r["label"] for r in result.runs] == ["eps2-C0.1-seed0", "nodp-seed0"]

@@ -108,8 +108,15 @@ def load_run(run_dir: str | Path, *, device: str = "auto") -> RunTarget:
         if "noise_multiplier" not in dp:
             raise ValueError(f"{str(rd.config_path)!r} lacks [resolved.dp].noise_multiplier for a DP run.")
         noise = float(dp["noise_multiplier"])
+    resolved = config.get("resolved") or {}
+    batch = settings.batch_size
+    rate = None
+    if batch is None:  # the recipe's rate q: every shadow model keeps the target's q (and so its step count)
+        batch = int(resolved.get("expected_batch_size") or settings.expected_batch_size(ds.n_train))
+        rate = batch / ds.n_train
     shadow_config = ShadowConfig(
-        epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr, momentum=settings.momentum,
+        epochs=settings.epochs, batch_size=batch, sampling_rate=rate, optimizer=settings.optimizer,
+        lr=settings.lr, momentum=settings.momentum,
         no_dp=settings.no_dp, max_grad_norm=None if settings.no_dp else settings.max_grad_norm,
         noise_multiplier=noise, clipping=settings.clipping)
 

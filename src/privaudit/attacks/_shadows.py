@@ -14,7 +14,7 @@ trainer would run on its own training set, with its own seed:
   added once per model per step to the clipped sum; division by q_k * N_k
   (Abadi et al. 2016, arXiv 1607.00133v2, Algorithm 1, with the fixed
   denominator of McMahan et al. 2018, arXiv 1710.06963v3, Sec. 3);
-* SGD with momentum, as the target's optimizer.
+* SGD with momentum or Adam, as the target's optimizer.
 
 Model k's initialisation, sampler and noise come from `seeds[k]` alone (the
 seed is used as `train_job` uses a run's seed: `torch.manual_seed` before
@@ -52,6 +52,9 @@ from ._shadow_grads import PER_EXAMPLE_MODES, StackedGrads
 __all__ = ["ShadowConfig", "assign_membership", "shadow_seeds", "train_shadows"]
 
 _SEED_BITS = 62
+SHADOW_OPTIMIZERS = ("sgd", "adam")
+#: torch.optim.Adam's defaults (betas, eps), which the engine's Adam uses.
+_ADAM_BETAS, _ADAM_EPS = (0.9, 0.999), 1e-8
 #: Per-example gradients held at once, in bytes, when `chunk_size` is automatic.
 DEFAULT_MEMORY_BUDGET = 256 * 2**20
 
@@ -63,6 +66,9 @@ class ShadowConfig:
     Attributes:
         epochs, batch_size, lr, momentum: as `TrainSettings` (batch_size is the expected
             logical batch q * N_k under DP, the mini-batch size without).
+        sampling_rate: if given, each model's batch is round(sampling_rate * N_k) instead of
+            `batch_size` (the target's rate, as `TrainSettings(batch_size=None)` trains).
+        optimizer: "sgd" (momentum) or "adam" (torch.optim.Adam's defaults), as the target.
         no_dp: plain mini-batch SGD, no clipping or noise.
         max_grad_norm: C (DP only).
         noise_multiplier: sigma (DP only; the target's resolved value).
@@ -80,6 +86,8 @@ class ShadowConfig:
     batch_size: int
     lr: float
     momentum: float = 0.9
+    sampling_rate: float | None = None
+    optimizer: str = "sgd"
     no_dp: bool = False
     max_grad_norm: float | None = None
     noise_multiplier: float | None = None
@@ -92,6 +100,10 @@ class ShadowConfig:
         _validate.positive(epochs=self.epochs, lr=self.lr)
         _validate.integer(minimum=1, batch_size=self.batch_size, memory_budget=self.memory_budget)
         _validate.in_range(0.0, 1.0, hi_open=True, momentum=self.momentum)
+        if self.sampling_rate is not None:
+            _validate.in_range(0.0, 1.0, lo_open=True, sampling_rate=self.sampling_rate)
+        if self.optimizer not in SHADOW_OPTIMIZERS:
+            raise ValueError(f"Expected optimizer={self.optimizer!r} in {list(SHADOW_OPTIMIZERS)}.")
         if not isinstance(self.no_dp, bool):
             raise ValueError(f"Expected no_dp={self.no_dp!r} to be a bool.")
         if self.chunk_size is not None:
@@ -113,6 +125,12 @@ class ShadowConfig:
         """The fields that determine the trained models (not chunk_size / memory_budget / per_example)."""
         out = dataclasses.asdict(self)
         del out["chunk_size"], out["memory_budget"], out["per_example"]
+        if self.sampling_rate is None:  # caches written before these fields existed stay valid
+            del out["sampling_rate"]
+        if self.optimizer == "sgd":
+            del out["optimizer"]
+        else:
+            del out["momentum"]
         if self.no_dp:
             out["max_grad_norm"] = None
         return out
@@ -167,7 +185,9 @@ def _plan(rows: np.ndarray, seed: int, cfg: ShadowConfig, device: torch.device) 
     n = int(rows.shape[0])
     if n == 0:
         raise ValueError("Expected every shadow model to have at least one training example.")
-    batch = min(cfg.batch_size, n)  # as train_job: expected_batch_size = min(batch_size, N)
+    # As train_job: expected_batch_size = min(batch_size, N), or the run's sampling rate times N.
+    batch = (max(1, min(n, round(cfg.sampling_rate * n))) if cfg.sampling_rate is not None
+             else min(cfg.batch_size, n))
     sampler_gen, noise_gen, _ = make_generators(seed=seed, secure_rng=False, device=device)
     if cfg.no_dp:
         sampler = ShuffleSampler(num_examples=n, batch_size=batch, generator=sampler_gen)
@@ -182,7 +202,7 @@ def _chunk_size(cfg: ShadowConfig, num_models: int, num_params: int, plans: list
     if cfg.chunk_size is not None:
         return cfg.chunk_size
     if cfg.no_dp:
-        return max(min(cfg.batch_size, int(p.rows.numel())) for p in plans)
+        return max(int(p.denominator) for p in plans)
     # Poisson batches: room for the expected size plus 4 standard deviations (the engine's automatic
     # physical batch), so that almost every step is one pass rather than a second, mostly padded one.
     largest = max(auto_physical_batch_size(expected_batch_size=p.denominator, dataset_size=int(p.rows.numel()),
@@ -259,7 +279,7 @@ def train_shadows(
     steps = StackedGrads(template, buffers=buffers, max_grad_norm=cfg.max_grad_norm, clipping=cfg.clipping,
                          mode="materialize" if cfg.no_dp else cfg.per_example)
     chunk = _chunk_size(cfg, len(selected), num_params, plans, steps.ghost)
-    momentum = {k: torch.zeros_like(v) for k, v in params.items()}
+    update = _SGD(cfg, params) if cfg.optimizer == "sgd" else _Adam(cfg, params)
     x_all, y_all = inputs.to(device), targets.to(device)
     total = max(p.steps for p in plans)
     try:
@@ -270,21 +290,57 @@ def train_shadows(
                 grads = _gradients(steps, cfg, params, batches, plans, active, x_all, y_all, chunk)
                 on = None if all(active) else torch.tensor(active, device=device)
                 for k in names:
-                    # SGD with momentum (torch.optim.SGD, dampening 0): buf = m * buf + g; p -= lr * buf.
-                    # Models that have taken all their steps are left untouched.
-                    if on is None:
-                        momentum[k].mul_(cfg.momentum).add_(grads[k])
-                        params[k].add_(momentum[k], alpha=-cfg.lr)
-                        continue
-                    view = on.view(-1, *([1] * (params[k].dim() - 1)))
-                    buf = momentum[k] * cfg.momentum + grads[k]
-                    momentum[k] = torch.where(view, buf, momentum[k])
-                    params[k] = torch.where(view, params[k] - cfg.lr * buf, params[k])
+                    # Models that have taken all their steps are left untouched (and so are their states).
+                    view = None if on is None else on.view(-1, *([1] * (params[k].dim() - 1)))
+                    params[k] = update.step(k, params[k], grads[k], t + 1, view)
                 if on_step is not None:
                     on_step(t + 1, total)
     finally:
         steps.close()
     return template.cpu(), {k: v.detach().cpu() for k, v in params.items()}
+
+
+class _SGD:
+    """torch.optim.SGD with momentum (dampening 0) on stacked parameters: buf = m * buf + g; p -= lr * buf."""
+
+    def __init__(self, cfg: ShadowConfig, params: dict[str, torch.Tensor]) -> None:
+        self.lr, self.momentum = cfg.lr, cfg.momentum
+        self.buf = {k: torch.zeros_like(v) for k, v in params.items()}
+
+    def step(self, name: str, p: torch.Tensor, g: torch.Tensor, t: int, on: torch.Tensor | None) -> torch.Tensor:
+        buf = self.buf[name] * self.momentum + g
+        if on is None:
+            self.buf[name] = buf
+            return p - self.lr * buf
+        self.buf[name] = torch.where(on, buf, self.buf[name])
+        return torch.where(on, p - self.lr * buf, p)
+
+
+class _Adam:
+    """torch.optim.Adam (betas 0.9/0.999, eps 1e-8, no weight decay) on stacked parameters.
+
+    Kingma & Ba 2015 (arXiv:1412.6980 v9), Algorithm 1, in torch's arrangement:
+    p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps). Every model that is
+    still training has taken the same t steps, so one t serves them all.
+    """
+
+    def __init__(self, cfg: ShadowConfig, params: dict[str, torch.Tensor]) -> None:
+        self.lr = cfg.lr
+        self.m = {k: torch.zeros_like(v) for k, v in params.items()}
+        self.v = {k: torch.zeros_like(v) for k, v in params.items()}
+
+    def step(self, name: str, p: torch.Tensor, g: torch.Tensor, t: int, on: torch.Tensor | None) -> torch.Tensor:
+        b1, b2 = _ADAM_BETAS
+        m = self.m[name] * b1 + g * (1.0 - b1)
+        v = self.v[name] * b2 + g * g * (1.0 - b2)
+        denom = v.sqrt() / math.sqrt(1.0 - b2 ** t) + _ADAM_EPS
+        new = p - (self.lr / (1.0 - b1 ** t)) * m / denom
+        if on is None:
+            self.m[name], self.v[name] = m, v
+            return new
+        self.m[name] = torch.where(on, m, self.m[name])
+        self.v[name] = torch.where(on, v, self.v[name])
+        return torch.where(on, new, p)
 
 
 def _gradients(steps: StackedGrads, cfg: ShadowConfig, params: dict[str, torch.Tensor], batches: list[torch.Tensor],

@@ -21,12 +21,10 @@ _STAGE_TITLES = {"train": "1/4 train", "attack": "2/4 attack", "audit": "3/4 aud
               help="Target ε: the noise is calibrated to reach it at --delta after the last epoch.")
 @click.option("--delta", type=float, default=1e-5, show_default=True)
 @click.option("--no-dp", is_flag=True, help="Train without DP (attacked, not audited: there is no claim).")
-@click.option("--epochs", type=float, help="Training epochs (default 60; 5 with --quick).")
-@click.option("--batch-size", type=int, default=256, show_default=True, help="Expected batch size q*N.")
-@click.option("--lr", type=float,
-              help="SGD learning rate, momentum 0.9 (default 2.0 with DP; 0.1 with --no-dp, where unclipped "
-                   "gradients diverge at 2.0).")
-@click.option("--max-grad-norm", type=float, default=0.1, show_default=True, help="Clipping norm C.")
+@click.option("--epochs", type=float, help="Training epochs (default 40, the recipe of privaudit train; 5 with --quick).")
+@click.option("--batch-size", type=int, help="Expected batch size q*N [default: N/6].")
+@click.option("--lr", type=float, help="Adam learning rate [default: 0.02].")
+@click.option("--max-grad-norm", type=float, help="Clipping norm C [default: 0.5].")
 @click.option("--test-fraction", type=float, default=0.2, show_default=True,
               help="Held-out fraction: the non-members of the attacks.")
 @click.option("--attack", "attacks", multiple=True, default=("loss", "lira", "rmia"), show_default=True,
@@ -44,7 +42,7 @@ _STAGE_TITLES = {"train": "1/4 train", "attack": "2/4 attack", "audit": "3/4 aud
 @click.option("--quiet", is_flag=True, help="No progress display.")
 @click.pass_context
 def run(ctx: click.Context, data: str, model: str, epsilon: float, delta: float, no_dp: bool, epochs: float | None,
-        batch_size: int, lr: float | None, max_grad_norm: float, test_fraction: float, attacks: tuple[str, ...],
+        batch_size: int | None, lr: float | None, max_grad_norm: float | None, test_fraction: float, attacks: tuple[str, ...],
         shadows: int | None, canaries: int | None, threat: str, seed: int, name: str | None, out: str,
         device: str, quick: bool, quiet: bool) -> None:
     """Train with DP-SGD, attack the model, audit the training, and write the report.
@@ -64,10 +62,12 @@ def run(ctx: click.Context, data: str, model: str, epsilon: float, delta: float,
     from ..training._job import TrainSettings
 
     with bad_input_as_exit_2():
+        if epochs is None and quick:
+            epochs = QUICK["epochs"]
+        given = {k: v for k, v in dict(epochs=epochs, batch_size=batch_size, lr=lr,
+                                       max_grad_norm=max_grad_norm).items() if v is not None}
         settings = TrainSettings(
-            data=data, model=model, epochs=epochs if epochs is not None else (QUICK["epochs"] if quick else 60.0),
-            batch_size=batch_size, lr=lr if lr is not None else (0.1 if no_dp else 2.0),
-            max_grad_norm=max_grad_norm, delta=delta, no_dp=no_dp,
+            data=data, model=model, **given, delta=delta, no_dp=no_dp,
             target_epsilon=None if no_dp else epsilon, seed=seed, test_fraction=test_fraction,
             device=device, name=name, out=out)
         options = PipelineOptions(

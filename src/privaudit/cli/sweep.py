@@ -14,8 +14,8 @@ __all__ = ["sweep"]
 @click.command()
 @click.option("--epsilons", default="0.5,1,2,4,8,inf", show_default=True,
               help="Target epsilons, comma-separated; inf trains without DP (--no-dp).")
-@click.option("--max-grad-norm", "max_grad_norms", default="0.1", show_default=True,
-              help="Clipping norm(s) C, comma-separated, e.g. 0.1,0.5,1.")
+@click.option("--max-grad-norm", "max_grad_norms", default="0.5", show_default=True,
+              help="Clipping norm(s) C, comma-separated, e.g. 0.1,0.5,1 (0.5: the default recipe).")
 @click.option("--seeds", default="0", show_default=True, help="Training/split seeds, comma-separated.")
 @click.option("--attack", "attacks", multiple=True, default=("loss", "lira"), show_default=True,
               type=click.Choice(["loss", "lira", "rmia", "all", "lira_online", "lira_offline", "rmia_online",
@@ -23,11 +23,10 @@ __all__ = ["sweep"]
 @click.option("--shadows", type=int, default=4, show_default=True, help="Shadow models per run (>= 3 for LiRA).")
 @click.option("--data", default="digits", show_default=True)
 @click.option("--model", type=click.Choice(["logreg", "mlp", "cnn", "transformer"]), default="mlp", show_default=True)
-@click.option("--epochs", type=float, default=60.0, show_default=True)
-@click.option("--batch-size", type=int, default=256, show_default=True)
-@click.option("--lr", type=float, default=2.0, show_default=True, help="SGD learning rate of the DP runs.")
-@click.option("--no-dp-lr", type=float, default=0.1, show_default=True,
-              help="Learning rate of the run without DP (unclipped gradients diverge at DP-SGD's rate).")
+@click.option("--epochs", type=float, help="[default: 40, the recipe of privaudit train]")
+@click.option("--batch-size", type=int, help="Expected batch size [default: N/6].")
+@click.option("--lr", type=float, help="Learning rate [default: Adam 0.02].")
+@click.option("--no-dp-lr", type=float, help="Learning rate of the run without DP [default: --lr].")
 @click.option("--delta", type=float, default=1e-5, show_default=True)
 @click.option("--test-fraction", type=float, default=0.5, show_default=True,
               help="Held-out fraction; 0.5 gives the attacks as many non-members as members.")
@@ -36,7 +35,8 @@ __all__ = ["sweep"]
 @click.option("--device", default="auto", show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress display.")
 def sweep(epsilons: str, max_grad_norms: str, seeds: str, attacks: tuple[str, ...], shadows: int, data: str,
-          model: str, epochs: float, batch_size: int, lr: float, no_dp_lr: float, delta: float,
+          model: str, epochs: float | None, batch_size: int | None, lr: float | None, no_dp_lr: float | None,
+          delta: float,
           test_fraction: float, out: str | None, device: str, quiet: bool) -> None:
     """Train the same setting at several budgets and clipping norms, attack each, plot it all against ε.
 
@@ -57,9 +57,9 @@ def sweep(epsilons: str, max_grad_norms: str, seeds: str, attacks: tuple[str, ..
                                max_grad_norms=parse_grid(max_grad_norms, name="max_grad_norm"),
                                seeds=parse_seeds(seeds), attacks=attacks, shadows=shadows,
                                no_dp_lr=no_dp_lr, device=device)
-        base = TrainSettings(data=data, model=model, epochs=epochs, batch_size=batch_size, lr=lr, delta=delta,
-                             max_grad_norm=options.max_grad_norms[0], target_epsilon=1.0,
-                             test_fraction=test_fraction, device=device)
+        given = {k: v for k, v in dict(epochs=epochs, batch_size=batch_size, lr=lr).items() if v is not None}
+        base = TrainSettings(data=data, model=model, delta=delta, max_grad_norm=options.max_grad_norms[0],
+                             target_epsilon=1.0, test_fraction=test_fraction, device=device, **given)
         folder = out or f"sweeps/{base.run_name().split('-eps')[0]}"
         result = _run(run_sweep, base, options, folder, quiet=quiet)
     click.echo(f"{len(result.runs)} runs in {result.seconds:.0f} s; wrote {result.files.markdown}, "

@@ -32,14 +32,18 @@ def _read_config(path: str) -> dict[str, Any]:
               help="digits | breast-cancer | synthetic | synthetic-tokens | cifar10[:DIR] | PATH.csv | PATH.parquet")
 @click.option("--target", help="Label column for CSV/Parquet data.")
 @click.option("--model", type=click.Choice(["logreg", "mlp", "cnn", "transformer"]), default="mlp", show_default=True)
-@click.option("--epochs", type=float, default=60.0, show_default=True)
-@click.option("--batch-size", type=int, default=256, show_default=True, help="Expected (logical) batch size q*N.")
-@click.option("--lr", type=float, default=2.0, show_default=True, help="SGD learning rate.")
-@click.option("--momentum", type=float, default=0.9, show_default=True)
+@click.option("--hidden", type=int, help="MLP hidden units [default: 256].")
+@click.option("--activation", type=click.Choice(["tanh", "relu", "gelu"]), help="MLP/CNN activation [default: tanh].")
+@click.option("--epochs", type=float, help="Passes over the data [default: 40].")
+@click.option("--batch-size", type=int,
+              help="Expected (logical) batch size q*N [default: N/6, i.e. sampling rate 1/6].")
+@click.option("--optimizer", type=click.Choice(["adam", "sgd"]), help="[default: adam]")
+@click.option("--lr", type=float, help="Learning rate [default: 0.02].")
+@click.option("--momentum", type=float, default=0.9, show_default=True, help="SGD momentum.")
 @click.option("--noise-multiplier", type=float, help="Noise std / clipping norm.")
 @click.option("--target-epsilon", type=float, help="Calibrate the noise for this epsilon at --delta.")
 @click.option("--delta", type=float, default=1e-5, show_default=True)
-@click.option("--max-grad-norm", type=float, default=0.1, show_default=True, help="Per-example clipping norm C.")
+@click.option("--max-grad-norm", type=float, help="Per-example clipping norm C [default: 0.5].")
 @click.option("--clipping", type=click.Choice(["flat", "per_layer"]), default="flat", show_default=True)
 @click.option("--accountant", type=click.Choice(["pld", "rdp", "gdp"]), default="pld", show_default=True)
 @click.option("--physical-batch-size", type=int, help="Rows per forward pass (default: automatic).")
@@ -57,6 +61,10 @@ def _read_config(path: str) -> dict[str, Any]:
 @click.pass_context
 def train(ctx: click.Context, config_path: str | None, resume: bool, quiet: bool, **flags: Any) -> None:
     """Train a model with DP-SGD and write runs/<name>/ (config, weights, ledger, split, metrics).
+
+    The defaults are one recipe chosen once on a validation split of digits and
+    used at every epsilon (MLP 256 tanh, Adam 0.02, sampling rate 1/6, 40
+    epochs, C = 0.5): only the noise multiplier depends on the budget.
 
     \b
     Examples:

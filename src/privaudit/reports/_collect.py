@@ -148,8 +148,11 @@ def _setting(run: Any, config: Mapping[str, Any], summary: Mapping[str, Any],
     data = {k: ds[k] for k in ("name", "source", "preprocessing", "num_classes", "input_shape", "n_train", "n_test",
                                "split_method", "split_seed", "test_fraction") if k in ds}
     data.setdefault("name", s.get("data"))
-    model = {"architecture": s.get("model"), "optimizer": "SGD" if "momentum" in s else None,
-             **{k: s[k] for k in ("epochs", "rounds", "batch_size", "lr", "momentum", "clipping") if k in s}}
+    optimizer = s.get("optimizer") or ("sgd" if "momentum" in s else None)
+    model = {"architecture": s.get("model"), "optimizer": {"sgd": "SGD", "adam": "Adam"}.get(str(optimizer)),
+             **{k: s[k] for k in ("hidden", "activation", "epochs", "rounds", "batch_size", "lr", "clipping") if k in s},
+             **({"momentum": s["momentum"]} if optimizer == "sgd" and "momentum" in s else {}),
+             **({"expected_batch_size": resolved["expected_batch_size"]} if "expected_batch_size" in resolved else {})}
     private = not bool(s.get("no_dp", False)) and summary.get("private", True) is not False
     dp = None
     if private:

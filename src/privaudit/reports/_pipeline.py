@@ -139,8 +139,11 @@ def _audit(settings: Any, result: Any, run_dir: Path, options: PipelineOptions, 
 
     summary = RunDir.open(run_dir).read_summary()
     epsilon = settings.target_epsilon if settings.target_epsilon is not None else result.epsilon
-    q = summary.get("sampling_rate") or min(1.0, settings.batch_size / max(1, summary.get("n_train", 1)))
-    training = TrainingOptions(epochs=settings.epochs, sampling_rate=float(q), max_grad_norm=settings.max_grad_norm)
+    n_train = max(1, int(summary.get("n_train", 1)))
+    q = summary.get("sampling_rate") or settings.expected_batch_size(n_train) / n_train
+    # The audit's trainer follows the run's recipe (MLP width, Adam's rate, q, epochs, C).
+    training = TrainingOptions(epochs=settings.epochs, sampling_rate=float(q), max_grad_norm=settings.max_grad_norm,
+                               lr=settings.lr, hidden=settings.hidden)
     return audit("privaudit", epsilon=float(epsilon), delta=settings.delta, canaries=options.canaries,
                  threat=options.threat, data=settings.data, alpha=options.alpha, seed=options.seed,
                  options=training, out_dir=run_dir,

@@ -90,10 +90,8 @@ class SweepOptions:
         attacks: attack names or groups; LOSS + LiRA by default.
         shadows: K shadow models per run (>= 3 for LiRA).
         attack_seed: seeds the shadow split.
-        no_dp_lr: the learning rate of the run without DP (epsilon = inf). DP-SGD's large
-            learning rate is tied to its small clipping norm; unclipped gradients diverge
-            with it, so the non-private run keeps the recipe but this rate (0.1, the rate of
-            bench/attack_digits.py's non-private targets, fixed before this sweep ran).
+        no_dp_lr: the learning rate of the run without DP (epsilon = inf); None (the
+            default) keeps the base settings' rate, as the default recipe (Adam) does.
         device: "auto", "cpu" or "cuda[:N]".
     """
 
@@ -103,7 +101,7 @@ class SweepOptions:
     attacks: tuple[str, ...] = ("loss", "lira")
     shadows: int = 4
     attack_seed: int = 0
-    no_dp_lr: float = 0.1
+    no_dp_lr: float | None = None
     device: str = "auto"
 
     def __post_init__(self) -> None:
@@ -125,7 +123,8 @@ class SweepOptions:
         if self.shadows < 3 and any(a.startswith("lira") for a in self.attacks):
             raise ValueError(f"Expected shadows >= 3 for LiRA, got shadows={self.shadows}.")
         _validate.integer(minimum=0, attack_seed=self.attack_seed)
-        _validate.positive(no_dp_lr=self.no_dp_lr)
+        if self.no_dp_lr is not None:
+            _validate.positive(no_dp_lr=self.no_dp_lr)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -166,7 +165,7 @@ def _label(eps: float, c: float | None, seed: int) -> str:
 def _settings_for(base: Any, options: SweepOptions, eps: float, c: float | None, seed: int, runs_dir: Path) -> Any:
     return dataclasses.replace(base, target_epsilon=None if math.isinf(eps) else eps, noise_multiplier=None,
                                no_dp=math.isinf(eps), max_grad_norm=base.max_grad_norm if c is None else c,
-                               lr=options.no_dp_lr if math.isinf(eps) else base.lr,
+                               lr=options.no_dp_lr if math.isinf(eps) and options.no_dp_lr is not None else base.lr,
                                seed=seed, split_seed=seed, name=_label(eps, c, seed), out=str(runs_dir))
 
 

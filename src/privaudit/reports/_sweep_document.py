@@ -110,14 +110,12 @@ def sweep_document(data: Mapping[str, Any]) -> Document:
     non_members = runs[0].get("non_members") if runs else None
     blocks: list[Block] = [
         Paragraph(f"Data {base.get('data')}, model {base.get('model')}, {fmt_num(base.get('epochs'))} epochs, expected "
-                  f"batch {base.get('batch_size')}, SGD lr {fmt_num(base.get('lr'))} (momentum "
-                  f"{fmt_num(base.get('momentum'))}), δ = {fmt_num(base.get('delta'), 3)}, held-out fraction "
+                  f"batch {base.get('batch_size') or 'N/6'}, {_optimizer_text(base)}, δ = {fmt_num(base.get('delta'), 3)}, held-out fraction "
                   f"{fmt_num(base.get('test_fraction'))} ({fmt_num(members)} members, {fmt_num(non_members)} "
                   f"non-members per run). Seeds {', '.join(str(s) for s in options['seeds'])} (training and split). "
                   f"Attacks: {', '.join(attacks)} with {options['shadows']} shadow models (shadow seed "
                   f"{options['attack_seed']}). ε = ∞ trains the same model without DP and without clipping, at "
-                  f"learning rate {fmt_num(options.get('no_dp_lr'))} (unclipped gradients diverge at DP-SGD's "
-                  "rate)."),
+                  f"learning rate {fmt_num(options.get('no_dp_lr') or base.get('lr'))}."),
         Paragraph(TUNING_NOTE, kind="note"),
         Paragraph(ADAPTIVE_CLIPPING_NOTE, kind="note"),
         Figure("sweep.png", "Held-out accuracy, attack AUC, TPR at 1% FPR and empirical epsilon lower bound "
@@ -151,3 +149,9 @@ def sweep_document(data: Mapping[str, Any]) -> Document:
                         run_rows, caption="Every run (folders under runs/, each with its attack.json)."))
     return Document(title=f"privaudit sweep: {base.get('data')}, {base.get('model')}", blocks=tuple(blocks),
                     images=images, footer="Machine-readable twin: sweep.json.")
+
+
+def _optimizer_text(base: dict[str, Any]) -> str:
+    if (base.get("optimizer") or "sgd") == "adam":
+        return f"Adam lr {fmt_num(base.get('lr'))}"
+    return f"SGD lr {fmt_num(base.get('lr'))} (momentum {fmt_num(base.get('momentum'))})"

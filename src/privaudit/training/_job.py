@@ -20,7 +20,7 @@ import dataclasses
 import math
 import signal
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -33,27 +33,37 @@ from .. import _validate, __version__
 from ..accounting import ACCOUNTANT_NAMES
 from ._data import Dataset, load_dataset
 from ._engine import PrivateTrainer, make_private
-from ._models import MODEL_NAMES, build_model
+from ._models import ACTIVATIONS, MODEL_NAMES, build_model
+from ._recipe import DEFAULT_RECIPE as _RECIPE
+from ._recipe import OPTIMIZERS
 from ._rundir import RunDir, flatten_state, unflatten_state
 
 __all__ = ["EpochRecord", "TrainResult", "TrainSettings", "train_job"]
 
+_RECIPE_MODEL = dict(_RECIPE.model_kwargs)
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class TrainSettings:
-    """Everything `privaudit train` accepts. Defaults are the tuned digits recipe.
+    """Everything `privaudit train` accepts. Defaults are `DEFAULT_RECIPE` (chosen once on digits).
 
-    Exactly one of `noise_multiplier` and `target_epsilon` is given unless `no_dp`.
+    MLP with `hidden` units and `activation` (the CNN uses `activation` too), Adam,
+    expected batch size N/6 unless `batch_size` is given, C = 0.5; the same at every
+    epsilon (only the noise multiplier changes). Exactly one of `noise_multiplier`
+    and `target_epsilon` is given unless `no_dp`.
     """
 
     data: str = "digits"
     target: str | None = None
-    model: str = "mlp"
-    epochs: float = 60.0
-    batch_size: int = 256
-    lr: float = 2.0
+    model: str = _RECIPE.model
+    hidden: int = _RECIPE_MODEL["hidden"]
+    activation: str = _RECIPE_MODEL["activation"]
+    epochs: float = _RECIPE.epochs
+    batch_size: int | None = None
+    optimizer: str = _RECIPE.optimizer
+    lr: float = _RECIPE.lr
     momentum: float = 0.9
-    max_grad_norm: float = 0.1
+    max_grad_norm: float = _RECIPE.max_grad_norm
     noise_multiplier: float | None = None
     target_epsilon: float | None = None
     delta: float = 1e-5
@@ -74,9 +84,15 @@ class TrainSettings:
             raise ValueError(f"Expected model={self.model!r} in {list(MODEL_NAMES)}.")
         if self.accountant not in ACCOUNTANT_NAMES:
             raise ValueError(f"Expected accountant={self.accountant!r} in {list(ACCOUNTANT_NAMES)}.")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"Expected optimizer={self.optimizer!r} in {list(OPTIMIZERS)}.")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"Expected activation={self.activation!r} in {list(ACTIVATIONS)}.")
         _validate.positive(epochs=self.epochs, lr=self.lr, max_grad_norm=self.max_grad_norm)
         _validate.in_range(0.0, 1.0, hi_open=True, momentum=self.momentum)
-        _validate.integer(minimum=1, batch_size=self.batch_size)
+        _validate.integer(minimum=1, hidden=self.hidden)
+        if self.batch_size is not None:
+            _validate.integer(minimum=1, batch_size=self.batch_size)
         _validate.integer(minimum=0, seed=self.seed, split_seed=self.split_seed)
         _validate.in_range(0.0, 1.0, lo_open=True, hi_open=True, delta=self.delta,
                            test_fraction=self.test_fraction)
@@ -93,6 +109,18 @@ class TrainSettings:
             _validate.positive(target_epsilon=self.target_epsilon)
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
             raise ValueError(f"Expected device={self.device!r} in ['auto', 'cpu', 'cuda', 'cuda:N'].")
+
+    def expected_batch_size(self, n_train: int) -> int:
+        """The expected (logical) batch q*N: `batch_size`, or the recipe's sampling rate times N."""
+        if self.batch_size is not None:
+            return min(self.batch_size, n_train)
+        return _RECIPE.expected_batch_size(n_train)
+
+    def make_optimizer(self, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
+        """Adam(lr) or SGD(lr, momentum), as `optimizer` says."""
+        if self.optimizer == "adam":
+            return torch.optim.Adam(params, lr=self.lr)
+        return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum)
 
     def run_name(self) -> str:
         if self.name:
@@ -174,6 +202,10 @@ def build_for(s: TrainSettings, ds: Dataset) -> nn.Module:
         kwargs["vocab_size"] = ds.vocab_size
     elif ds.kind == "tokens":
         raise ValueError(f"Token dataset {ds.name!r} needs model='transformer', got {s.model!r}.")
+    if s.model == "mlp":
+        kwargs["hidden"] = s.hidden
+    if s.model in ("mlp", "cnn"):
+        kwargs["activation"] = s.activation
     return build_model(s.model, input_shape=ds.input_shape, num_classes=ds.num_classes, **kwargs)
 
 
@@ -261,10 +293,11 @@ def train_job(
     ds = _load_data(s)
     model = build_for(s, ds)
     x_tr, y_tr, x_te, y_te = _tensors(ds)
-    optimizer = torch.optim.SGD(model.parameters(), lr=s.lr, momentum=s.momentum)
+    optimizer = s.make_optimizer(model.parameters())
+    batch = s.expected_batch_size(ds.n_train)
     trainer = make_private(
         module=model, optimizer=optimizer, data=(x_tr, y_tr), loss_fn=nn.CrossEntropyLoss(),
-        epochs=s.epochs, expected_batch_size=min(s.batch_size, ds.n_train),
+        epochs=s.epochs, expected_batch_size=batch,
         max_grad_norm=None if s.no_dp else s.max_grad_norm,
         noise_multiplier=s.noise_multiplier, target_epsilon=s.target_epsilon, target_delta=s.delta,
         physical_batch_size=s.physical_batch_size, clipping=s.clipping, accountant=s.accountant,
@@ -286,6 +319,7 @@ def train_job(
                 "device": str(device),
                 "dataset": ds.describe(),
                 "planned_steps": trainer.planned_steps,
+                "expected_batch_size": batch,
                 "dp": None if trainer.config is None else trainer.config.to_dict(),
                 "rng": trainer.rng_record.to_dict(),
                 "neighboring_relation": trainer.ledger.neighboring_relation,
@@ -298,7 +332,7 @@ def train_job(
             "secure_rng": trainer.rng_record.secure_rng, "model_init_seed": s.seed})
         rd.write_ledger(trainer.ledger)
     # Epoch boundaries (where metrics and checkpoints are written): every ceil(N / B) steps.
-    steps_per_epoch = max(1, math.ceil(ds.n_train / min(s.batch_size, ds.n_train)))
+    steps_per_epoch = max(1, math.ceil(ds.n_train / batch))
     t0 = time.perf_counter()
     interrupted = False
     epoch = start_epoch

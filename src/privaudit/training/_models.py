@@ -11,7 +11,7 @@ from torch import nn
 
 from .. import _validate
 
-__all__ = ["MODEL_NAMES", "build_model"]
+__all__ = ["ACTIVATIONS", "MODEL_NAMES", "build_model"]
 
 MODEL_NAMES = ("cnn", "logreg", "mlp", "transformer")
 
@@ -31,6 +31,8 @@ def _groups(channels: int, max_groups: int = 16) -> int:
 
 
 _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
+#: Accepted `activation=` values of the MLP and the CNN.
+ACTIVATIONS: tuple[str, ...] = tuple(_ACTIVATIONS)
 
 
 def _activation(name: str) -> nn.Module:
