@@ -50,6 +50,7 @@ LONG_STEPS: dict[str, tuple[str, list[list[str]]]] = {
     "attack_digits": ("reports/attacks_digits.md", [[PY, "bench/attack_digits.py"]]),
     "audit": ("reports/audit.md", [[PY, "bench/audit.py"]]),
     "utility": ("reports/utility.md", [[PY, "bench/utility.py"]]),
+    "train_cli": ("reports/train_cli.md", [[PY, "bench/train_cli.py"]]),
     "federated_utility": ("reports/federated_digits.md", [[PY, "bench/federated.py", "utility"]]),
 }
 
