@@ -28,3 +28,24 @@ def test_integer(bad):
     with pytest.raises(ValueError, match="steps"):
         _validate.integer(minimum=0, steps=bad)
     _validate.integer(minimum=0, steps=0)
+
+
+@pytest.mark.parametrize("bad", ["gpu", "", "CPU", "mps"])
+def test_device_name(bad):
+    with pytest.raises(ValueError, match=r"device=.*\['auto', 'cpu', 'cuda', 'cuda:N'\]"):
+        _validate.device_name(device=bad)
+    for ok in ("auto", "cpu", "cuda", "cuda:1"):
+        _validate.device_name(device=ok)
+
+
+def test_settings_from_mapping_names_unknown_keys():
+    import dataclasses
+
+    @dataclasses.dataclass(frozen=True)
+    class S:
+        a: int = 1
+        b: str = "x"
+
+    assert _validate.settings_from_mapping(S, {"a": 2}, what="demo") == S(a=2)
+    with pytest.raises(ValueError, match=r"Unknown demo setting\(s\) \['c'\]; accepted: \['a', 'b'\]"):
+        _validate.settings_from_mapping(S, {"a": 2, "c": 3}, what="demo")

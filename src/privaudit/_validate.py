@@ -85,3 +85,20 @@ def integer(*, minimum: int = 0, **kwargs: Any) -> None:
             raise ValueError(f"Expected {name}={value!r} to be an integer >= {minimum}.")
         if int(value) < minimum:
             raise ValueError(f"Expected {name}={value!r} to be an integer >= {minimum}.")
+
+
+def device_name(*, device: str) -> None:
+    """Raises ValueError unless `device` is 'auto', 'cpu', 'cuda' or 'cuda:N'."""
+    if device not in ("auto", "cpu") and not (isinstance(device, str) and device.startswith("cuda")):
+        raise ValueError(f"Expected device={device!r} in ['auto', 'cpu', 'cuda', 'cuda:N'].")
+
+
+def settings_from_mapping(cls: Any, data: Any, *, what: str) -> Any:
+    """`cls(**data)` for a settings dataclass, naming unknown keys and listing the accepted ones."""
+    import dataclasses
+
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"Unknown {what} setting(s) {unknown}; accepted: {sorted(known)}.")
+    return cls(**dict(data))

@@ -120,8 +120,7 @@ class FederatedSettings:
             _validate.positive(count_noise_std=self.count_noise_std)
         if self.adaptive_clip and self.dp != "client":
             raise ValueError("adaptive_clip applies to dp='client' only.")
-        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
-            raise ValueError(f"Expected device={self.device!r} in ['auto', 'cpu', 'cuda', 'cuda:N'].")
+        _validate.device_name(device=self.device)
 
     def run_name(self) -> str:
         if self.name:
@@ -137,11 +136,7 @@ class FederatedSettings:
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> FederatedSettings:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"Unknown federated setting(s) {unknown}; accepted: {sorted(known)}.")
-        return cls(**dict(data))
+        return _validate.settings_from_mapping(cls, data, what="federated")
 
 
 def calibrate_fixed_k(*, target_epsilon: float, target_delta: float, num_clients: int, clients_per_round: int,

@@ -107,8 +107,7 @@ class TrainSettings:
             _validate.positive(noise_multiplier=self.noise_multiplier)
         if self.target_epsilon is not None:
             _validate.positive(target_epsilon=self.target_epsilon)
-        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
-            raise ValueError(f"Expected device={self.device!r} in ['auto', 'cpu', 'cuda', 'cuda:N'].")
+        _validate.device_name(device=self.device)
 
     def expected_batch_size(self, n_train: int) -> int:
         """The expected (logical) batch q*N: `batch_size`, or the recipe's sampling rate times N."""
@@ -135,11 +134,7 @@ class TrainSettings:
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> TrainSettings:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"Unknown training setting(s) {unknown}; accepted: {sorted(known)}.")
-        return cls(**dict(data))
+        return _validate.settings_from_mapping(cls, data, what="training")
 
 
 @dataclasses.dataclass(frozen=True)
