@@ -71,8 +71,14 @@ def train(ctx: click.Context, config_path: str | None, resume: bool, quiet: bool
       privaudit train --target-epsilon 1 --name digits-eps1
       privaudit train --no-dp --name digits-nodp
       privaudit train --name digits-eps1 --resume
+
+    Under torchrun (e.g. `torchrun --nproc-per-node 2 -m privaudit.cli train ...`) each
+    process trains its share of every batch; rank 0 alone prints and writes runs/<name>/.
     """
+    from ..training._distributed import env_rank
     from ..training._job import TrainSettings, train_job
+
+    main_rank = env_rank() == 0
 
     with bad_input_as_exit_2():
         run_federated(ctx, flags, config_path=config_path, resume=resume, quiet=quiet)
@@ -93,11 +99,13 @@ def train(ctx: click.Context, config_path: str | None, resume: bool, quiet: bool
             stored.update(out=values.get("out", "runs"), device=values.get("device", "auto"), name=name)
             values = stored
         settings = TrainSettings.from_mapping(values)
-        result = _run(settings, resume=resume, quiet=quiet, train_job=train_job)
-    _print_result(result, settings)
-    if result.interrupted:
+        result = _run(settings, resume=resume, quiet=quiet or not main_rank, train_job=train_job)
+    if main_rank:
+        _print_result(result, settings)
+    if result.interrupted and main_rank:
         click.echo(f"Interrupted after {result.steps} steps; checkpoint saved. Continue with: "
                    f"privaudit train --name {settings.run_name()} --out {settings.out} --resume", err=True)
+    if result.interrupted:
         ctx.exit(130)
 
 

@@ -19,6 +19,7 @@ from ._config import StepStats as StepStats
 from ._data import DATASET_NAMES as DATASET_NAMES
 from ._data import Dataset as Dataset
 from ._data import load_dataset as load_dataset
+from ._distributed import init_distributed as init_distributed
 from ._engine import make_private as make_private
 from ._models import MODEL_NAMES as MODEL_NAMES
 from ._models import build_model as build_model
@@ -53,6 +54,7 @@ __all__ = [
     "find_module_problems",
     "fix_module",
     "flatten_state",
+    "init_distributed",
     "load_dataset",
     "make_private",
     "unflatten_state",

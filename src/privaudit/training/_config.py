@@ -95,7 +95,7 @@ class StepStats:
 
     step: int  # steps taken so far, this one included
     batch_size: int  # examples in the logical batch (Poisson: random, may be 0)
-    physical_batches: int
+    physical_batches: int  # forward passes (this process's, in distributed training)
     loss: float  # mean per-example loss over the logical batch (nan when empty)
     grad_norm_mean: float  # mean per-example gradient norm before clipping (nan without DP)
     clipped_fraction: float  # share of examples whose gradient was scaled down

@@ -14,6 +14,7 @@ from torch.utils.data import TensorDataset
 from .. import _validate
 from ..accounting import PrivacyLedger, calibrate_noise_multiplier, sampling_rate_and_steps
 from ._config import CLIPPING_MODES, DPConfig, auto_physical_batch_size
+from ._distributed import DistContext, random_seed, tensor_digest
 from ._noise import GaussianNoise, make_generators
 from ._sampler import PoissonSampler, ShuffleSampler
 from ._trainer import PrivateTrainer
@@ -64,6 +65,7 @@ def make_private(
     ledger: PrivacyLedger | None = None,
     device: str | torch.device | None = None,
     no_dp: bool = False,
+    distributed: bool | None = None,
 ) -> PrivateTrainer:
     """Wraps a module, its optimizer and its data into a DP-SGD trainer.
 
@@ -90,9 +92,18 @@ def make_private(
         device: where the module runs (default: where its parameters are).
         no_dp: plain mini-batch SGD (shuffled batches of `expected_batch_size`, mean loss),
             no clipping, no noise, nothing recorded. Not private.
+        distributed: train across the processes of the initialised default
+            `torch.distributed` group (None: whenever one with more than one process is
+            initialised; True: require one; False: never). Every rank passes the same
+            arguments and the whole dataset (checked); each processes a disjoint share of
+            every global Poisson batch, the clipped sums are all-reduced and rank 0 alone
+            adds the noise (see `privaudit.training._distributed`). Parameters and buffers
+            are broadcast from rank 0 here, and every step keeps them identical.
 
     Returns:
         A `PrivateTrainer`; `trainer.step()` takes one step, `trainer.epsilon()` reads the ledger.
+        Distributed, every rank records every step in its own (in-memory) ledger; write
+        it to disk from rank 0 only.
 
     Raises:
         ValueError: a bad argument (named), or a module the validator rejects
@@ -129,20 +140,26 @@ def make_private(
         device = first.device if first is not None else torch.device("cpu")
     device = torch.device(device)
     loss = _per_example_loss_fn(loss_fn)
+    ctx = _distributed_context(distributed)
+    world = 1 if ctx is None else ctx.world_size
     q, steps = sampling_rate_and_steps(epochs=epochs, batch_size=expected_batch_size, dataset_size=n)
-    sampler_gen, noise_gen, record = make_generators(seed=seed, secure_rng=bool(secure_rng), device=device)
+    sampler_gen, noise_gen, record = make_generators(seed=seed, secure_rng=bool(secure_rng), device=device,
+                                                     draw_seed=None if ctx is None else random_seed(ctx))
     ledger = PrivacyLedger() if ledger is None else ledger
     module.to(device)
     if no_dp:
         if noise_multiplier is not None or target_epsilon is not None:
             raise ValueError("Expected noise_multiplier=None and target_epsilon=None with no_dp=True.")
-        pbs = physical_batch_size or expected_batch_size
+        pbs = physical_batch_size or math.ceil(expected_batch_size / world)
         sampler = ShuffleSampler(num_examples=n, batch_size=expected_batch_size, generator=sampler_gen)
         # Whole shuffled epochs: ceil(epochs * ceil(N / B)) batches, the last of each epoch smaller.
         planned = int(math.ceil(epochs * sampler.batches_per_epoch - 1e-9))
+        _join(ctx, module, optimizer, inputs, targets, sampler_gen, device,
+              {"no_dp": True, "batch_size": expected_batch_size, "planned_steps": planned,
+               "physical_batch_size": pbs})
         return PrivateTrainer(module=module, optimizer=optimizer, inputs=inputs, targets=targets, loss_fn=loss,
                               config=None, planned_steps=planned, physical_batch_size=pbs, sampler=sampler,
-                              noise=None, rng_record=record, ledger=ledger, device=device)
+                              noise=None, rng_record=record, ledger=ledger, device=device, dist=ctx)
     if max_grad_norm is None:
         raise ValueError("Expected max_grad_norm in (0, inf) for DP training (got None).")
     _validate.positive(max_grad_norm=max_grad_norm)
@@ -155,8 +172,9 @@ def make_private(
         _validate.positive(target_epsilon=target_epsilon)
         noise_multiplier = calibrate_noise_multiplier(target_epsilon=target_epsilon, target_delta=target_delta,
                                                       sampling_rate=q, steps=steps, accountant=accountant)
-    pbs = physical_batch_size or auto_physical_batch_size(expected_batch_size=q * n, dataset_size=n,
-                                                          sampling_rate=q)
+    # Distributed, each rank sees about 1/W of every batch: size its passes for that share.
+    pbs = physical_batch_size or auto_physical_batch_size(expected_batch_size=q * n / world,
+                                                          dataset_size=math.ceil(n / world), sampling_rate=q)
     config = DPConfig(noise_multiplier=float(noise_multiplier), max_grad_norm=float(max_grad_norm),
                       sampling_rate=q, dataset_size=n, steps=steps, clipping=clipping, physical_batch_size=pbs,
                       accountant=accountant, target_delta=float(target_delta),
@@ -166,7 +184,40 @@ def make_private(
         "max_grad_norm": config.max_grad_norm, "clipping": clipping, "planned_steps": steps,
         "rng": record.to_dict()})
     sampler = PoissonSampler(num_examples=n, sampling_rate=q, generator=sampler_gen)
-    noise = GaussianNoise(std=config.noise_std, generator=noise_gen)
+    _join(ctx, module, optimizer, inputs, targets, sampler_gen, device, config.to_dict())
+    # Distributed, rank 0 alone holds the noise source: the noise enters the all-reduced sum once.
+    noise = GaussianNoise(std=config.noise_std, generator=noise_gen) if ctx is None or ctx.is_main else None
     return PrivateTrainer(module=module, optimizer=optimizer, inputs=inputs, targets=targets, loss_fn=loss,
                           config=config, planned_steps=steps, physical_batch_size=pbs, sampler=sampler,
-                          noise=noise, rng_record=record, ledger=ledger, device=device)
+                          noise=noise, rng_record=record, ledger=ledger, device=device, dist=ctx)
+
+
+def _distributed_context(distributed: bool | None) -> DistContext | None:
+    if distributed not in (None, True, False):
+        raise ValueError(f"Expected distributed in [None, True, False], got {distributed!r}.")
+    ctx = None if distributed is False else DistContext.current()
+    if distributed is True and ctx is None:
+        raise ValueError("distributed=True needs an initialised torch.distributed process group: launch "
+                         "with torchrun and call privaudit.training.init_distributed() first.")
+    if distributed is None and ctx is not None and ctx.world_size == 1:
+        return None
+    return ctx
+
+
+def _join(ctx: DistContext | None, module: nn.Module, optimizer: torch.optim.Optimizer, inputs: torch.Tensor,
+          targets: torch.Tensor, sampler_gen: torch.Generator, device: torch.device,
+          settings: dict[str, Any]) -> None:
+    """Distributed: checks that every rank runs the same job on the same data, then gives every
+    rank rank 0's parameters and buffers (as DistributedDataParallel does)."""
+    if ctx is None:
+        return
+    groups = [{k: repr(v) for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    ctx.check_same("data, model and settings", {
+        "data": tensor_digest(inputs, targets),
+        "settings": settings,
+        "sampler_seed": tensor_digest(sampler_gen.get_state()),
+        "module": [(name, tuple(p.shape), str(p.dtype)) for name, p in module.named_parameters()],
+        "optimizer": (type(optimizer).__name__, groups),
+        "device_type": device.type,
+    })
+    ctx.broadcast_([*module.parameters(), *module.buffers()])

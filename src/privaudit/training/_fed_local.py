@@ -223,7 +223,8 @@ def train_dp_sgd(module: nn.Module, layout: FlatParams, global_flat: torch.Tenso
         trainer = make_private(module=worker, optimizer=opt, data=(x[r], y[r]), loss_fn=nn.CrossEntropyLoss(),
                                epochs=cfg.steps * b / n, expected_batch_size=b, max_grad_norm=max_grad_norm,
                                noise_multiplier=noise_multiplier, seed=int(seeds[j]), ledger=ledgers[j],
-                               clipping=clipping, accountant=accountant, device=global_flat.device)
+                               clipping=clipping, accountant=accountant, device=global_flat.device,
+                               distributed=False)  # one client's local training, in this process
         if trainer.planned_steps != cfg.steps:  # pragma: no cover - guards the epochs conversion
             raise RuntimeError(f"DP-SGD planned {trainer.planned_steps} local steps, expected {cfg.steps}.")
         try:

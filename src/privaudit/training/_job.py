@@ -12,6 +12,11 @@ the run is interrupted (SIGINT/SIGTERM are caught and honoured between steps).
 checkpoint by the interrupted process are replayed with the *same* sampler and
 noise generator states, so they release exactly the same outputs and are
 recorded once: the resumed ledger equals the ledger of an uninterrupted run.
+
+Under `torchrun` (WORLD_SIZE > 1), every process joins the process group (gloo on
+CPU, nccl on CUDA, one GPU per process) and trains its share of every batch
+(`make_private(distributed=True)`); rank 0 alone writes the run directory, which
+is the same as a single-process run's (plus `resolved.distributed` in the config).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from torch import nn
 from .. import _validate, __version__
 from ..accounting import ACCOUNTANT_NAMES
 from ._data import Dataset, load_dataset
+from ._distributed import DistContext, init_distributed, launched_by_torchrun
 from ._engine import PrivateTrainer, make_private
 from ._models import ACTIVATIONS, MODEL_NAMES, build_model
 from ._recipe import DEFAULT_RECIPE as _RECIPE
@@ -271,8 +277,25 @@ def train_job(
             settings differ from the stored ones.
     """
     s = settings
+    # Under torchrun: join the process group; rank 0 alone touches the run directory.
+    owns_group = False
+    if launched_by_torchrun() or DistContext.current() is not None:
+        device, owns_group = init_distributed(s.device)
+    else:
+        device = _device(s.device)
+    dist_ctx = DistContext.current()
+    if dist_ctx is not None and dist_ctx.world_size == 1:
+        dist_ctx = None
+    try:
+        return _train_job(s, resume=resume, on_step=on_step, on_epoch=on_epoch, max_steps=max_steps,
+                          dist_ctx=dist_ctx, device=device)
+    finally:
+        if owns_group:
+            torch.distributed.destroy_process_group()
+
+
+def _open_run_dir(s: TrainSettings, name: str, resume: bool) -> RunDir:
     out = Path(s.out)
-    name = s.run_name()
     if resume:
         rd = RunDir.open(out / name)
         stored = rd.read_config().get("settings", {})
@@ -284,7 +307,27 @@ def train_job(
         if (out / name).exists():
             raise ValueError(f"Run directory {str(out / name)!r} exists: use --resume, or another --name.")
         rd = RunDir.create(out, name)
-    device = _device(s.device)
+    return rd
+
+
+def _train_job(s: TrainSettings, *, resume: bool, on_step: Callable[[PrivateTrainer, Any], None] | None,
+               on_epoch: Callable[[EpochRecord], None] | None, max_steps: int | None,
+               dist_ctx: DistContext | None, device: torch.device) -> TrainResult:
+    name = s.run_name()
+    main = dist_ctx is None or dist_ctx.is_main
+    rd: Any = None
+    error = None
+    if main:
+        try:
+            rd = _open_run_dir(s, name, resume)
+        except ValueError as exc:
+            if dist_ctx is None:
+                raise
+            error = str(exc)
+    if dist_ctx is not None:  # every rank fails alike (no rank left waiting in a collective)
+        error = dist_ctx.broadcast_object(error)
+        if error is not None:
+            raise ValueError(error)
     ds = _load_data(s)
     model = build_for(s, ds)
     x_tr, y_tr, x_te, y_te = _tensors(ds)
@@ -296,15 +339,18 @@ def train_job(
         max_grad_norm=None if s.no_dp else s.max_grad_norm,
         noise_multiplier=s.noise_multiplier, target_epsilon=s.target_epsilon, target_delta=s.delta,
         physical_batch_size=s.physical_batch_size, clipping=s.clipping, accountant=s.accountant,
-        seed=None if s.secure_rng else s.seed, secure_rng=s.secure_rng, device=device, no_dp=s.no_dp)
+        seed=None if s.secure_rng else s.seed, secure_rng=s.secure_rng, device=device, no_dp=s.no_dp,
+        distributed=dist_ctx is not None)
     start_epoch = 0
     if resume:
-        ckpt = rd.load_checkpoint()
+        ckpt = rd.load_checkpoint() if main else None
+        if dist_ctx is not None:  # rank 0's checkpoint, on every rank
+            ckpt = dist_ctx.broadcast_object(ckpt)
         if ckpt is not None:
             tensors, state = ckpt
             trainer.load_state_dict(unflatten_state(state["trainer"], tensors))
             start_epoch = int(state["epoch"])
-    else:
+    elif main:
         config = {
             "privaudit_version": __version__,
             "torch_version": torch.__version__,
@@ -321,6 +367,8 @@ def train_job(
                 "sampler": "shuffle" if s.no_dp else "poisson",
             },
         }
+        if dist_ctx is not None:
+            config["resolved"]["distributed"] = {"world_size": dist_ctx.world_size, "backend": dist_ctx.backend}
         rd.write_config(config)
         rd.write_split(ds.split_record(), {
             "training_seed": s.seed, "noise_seed": trainer.rng_record.seed,
@@ -336,16 +384,22 @@ def train_job(
             boundary = min(trainer.planned_steps, (epoch + 1) * steps_per_epoch)
             todo = max(1, boundary - trainer.steps_taken)
             for _ in range(todo):
-                if stop or (max_steps is not None and trainer.steps_taken >= max_steps):
+                halt = bool(stop) or (max_steps is not None and trainer.steps_taken >= max_steps)
+                if dist_ctx is not None:  # all ranks stop at the same step
+                    halt = dist_ctx.any_true(halt, device)
+                if halt:
                     interrupted = True
                     break
                 st = trainer.step()
                 if on_step is not None:
                     on_step(trainer, st)
             if interrupted:
-                _checkpoint(rd, trainer, epoch)
+                if main:
+                    _checkpoint(rd, trainer, epoch)
                 break
             epoch += 1
+            if not main:
+                continue
             tr_loss, tr_acc = evaluate(model, x_tr, y_tr, device=device)
             te_loss, te_acc = evaluate(model, x_te, y_te, device=device)
             eps = trainer.epsilon(s.delta)
@@ -357,15 +411,15 @@ def train_job(
             _checkpoint(rd, trainer, epoch)
             if on_epoch is not None:
                 on_epoch(rec)
-    _, te_acc = evaluate(model, x_te, y_te, device=device)
+    te_acc = evaluate(model, x_te, y_te, device=device)[1] if main else math.nan
     eps = trainer.epsilon(s.delta)
     seconds = time.perf_counter() - t0
     trainer.close()
-    result = TrainResult(run_dir=rd.path, steps=trainer.steps_taken, planned_steps=trainer.planned_steps,
+    result = TrainResult(run_dir=Path(s.out) / name if rd is None else rd.path, steps=trainer.steps_taken, planned_steps=trainer.planned_steps,
                          epsilon=eps, delta=s.delta,
                          noise_multiplier=None if trainer.config is None else trainer.config.noise_multiplier,
                          test_accuracy=te_acc, seconds=seconds, interrupted=interrupted)
-    if not interrupted:
+    if not interrupted and main:
         rd.save_weights(model.state_dict(), metadata={"steps": str(trainer.steps_taken)})
         rd.write_ledger(trainer.ledger)
         rd.write_summary({

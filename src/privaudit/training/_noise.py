@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -36,13 +36,15 @@ class RngRecord:
 
 
 def make_generators(
-    *, seed: int | None, secure_rng: bool, device: torch.device
+    *, seed: int | None, secure_rng: bool, device: torch.device, draw_seed: Callable[[], int] | None = None
 ) -> tuple[torch.Generator, torch.Generator, RngRecord]:
     """Returns (sampler generator on CPU, noise generator on `device`, record).
 
     Without `secure_rng` the seed is `seed` (or a fresh random one that is
     recorded, so the run can be replayed). With `secure_rng=True` the seed is
     drawn from `secrets` (the OS CSPRNG) and not recorded; `seed` must be None.
+    `draw_seed` replaces `secrets` as the source of drawn seeds (distributed training:
+    every rank must use rank 0's draw).
     """
     if secure_rng and seed is not None:
         raise ValueError(f"Expected seed=None when secure_rng=True (got seed={seed!r}): a "
@@ -51,7 +53,7 @@ def make_generators(
         _validate.integer(minimum=0, seed=seed)
         source = "user"
     else:
-        seed = secrets.randbits(_SEED_BITS)
+        seed = secrets.randbits(_SEED_BITS) if draw_seed is None else int(draw_seed())
         source = "csprng" if secure_rng else "random"
     # Two streams derived from one root so that changing the batch composition
     # never shifts the noise stream, and vice versa.

@@ -7,6 +7,11 @@ One step (Abadi et al. 2016, arXiv 1607.00133v2, Algorithm 1):
    per-example gradient norms, clip factors, and the clipped sum (`_clipping`);
 3. add N(0, sigma^2 C^2) once to the clipped sum and divide by q * N;
 4. record the step in the ledger, then `optimizer.step()` with that gradient.
+
+Across the processes of a `torch.distributed` group (`make_private(distributed=...)`),
+every rank draws the same batch in 1 and processes its own share of it in 2; in 3
+rank 0 alone adds the noise to its partial sum, and the partial sums are
+all-reduced before the division (see `_distributed`).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from .. import _validate
 from ..accounting import PrivacyLedger, make_accountant
 from ._clipping import GradCapture, clip_and_accumulate
 from ._config import DPConfig, PrivacyBudgetExhaustedError, StepStats
+from ._distributed import DistContext
 from ._noise import GaussianNoise, RngRecord
 from ._sampler import physical_batches
 
@@ -46,7 +52,8 @@ class PrivateTrainer:
     def __init__(self, *, module: nn.Module, optimizer: torch.optim.Optimizer, inputs: torch.Tensor,
                  targets: torch.Tensor, loss_fn: Callable[..., torch.Tensor], config: DPConfig | None,
                  planned_steps: int, physical_batch_size: int, sampler: Any, noise: GaussianNoise | None,
-                 rng_record: RngRecord, ledger: PrivacyLedger, device: torch.device) -> None:
+                 rng_record: RngRecord, ledger: PrivacyLedger, device: torch.device,
+                 dist: DistContext | None = None) -> None:
         self.module = module
         self.optimizer = optimizer
         self.config = config
@@ -59,6 +66,9 @@ class PrivateTrainer:
         self._loss_fn = loss_fn
         self._sampler = sampler
         self._noise = noise
+        self.dist = dist
+        if config is not None and noise is None and (dist is None or dist.is_main):
+            raise ValueError("A private trainer needs a noise source (on rank 0 when distributed).")
         self._steps = 0
         self._params = [p for p in module.parameters() if p.requires_grad]
         self._capture = GradCapture(module) if config is not None else None
@@ -76,6 +86,16 @@ class PrivateTrainer:
     @property
     def is_private(self) -> bool:
         return self.config is not None
+
+    @property
+    def rank(self) -> int:
+        """This process's rank (0 without distributed training)."""
+        return 0 if self.dist is None else self.dist.rank
+
+    @property
+    def world_size(self) -> int:
+        """Processes sharing each step (1 without distributed training)."""
+        return 1 if self.dist is None else self.dist.world_size
 
     def epsilon(self, delta: float | None = None) -> float:
         """Epsilon spent so far (everything in the ledger) at `delta` (default: the target delta).
@@ -126,6 +146,10 @@ class PrivateTrainer:
             self._capture.remove()
 
     # -- the two kinds of step -------------------------------------------------------
+    def _local_indices(self, indices: torch.Tensor) -> torch.Tensor:
+        """The rows of the global batch this process handles (all of them unless distributed)."""
+        return indices if self.dist is None else self.dist.shard(indices)
+
     def _batches(self, indices: torch.Tensor) -> Any:
         for pb in physical_batches(indices, physical_batch_size=self.physical_batch_size):
             idx = pb.indices.to(self._inputs.device)
@@ -144,7 +168,7 @@ class PrivateTrainer:
 
     def _private_step(self, indices: torch.Tensor) -> StepStats:
         cfg = self.config
-        assert cfg is not None and self._capture is not None and self._noise is not None
+        assert cfg is not None and self._capture is not None
         for a in self._acc:
             a.zero_()
         out = dict(zip(self._params, self._acc))
@@ -154,7 +178,7 @@ class PrivateTrainer:
         norm_sum = torch.zeros((), device=self.device)
         clipped = torch.zeros((), device=self.device)
         n_phys = 0
-        for x, y, mask, _ in self._batches(indices):
+        for x, y, mask, _ in self._batches(self._local_indices(indices)):
             n_phys += 1
             with self._capture.capture(self.device):
                 losses = self._per_example_loss(x, y)
@@ -172,7 +196,15 @@ class PrivateTrainer:
         # size q*N rather than the realised one: the fixed-denominator estimator of
         # McMahan et al. 2018 (arXiv 1710.06963v3, Sec. 3), whose sensitivity is C / (qN)
         # whatever the batch size, which is itself private under Poisson sampling.
-        self._noise.add_(self._acc)
+        # Distributed: only rank 0 holds a noise source, and it adds the noise to its
+        # partial sum *before* the SUM over ranks, so the reduced sum, which every rank
+        # then uses, holds the noise exactly once.
+        if self._noise is not None:
+            self._noise.add_(self._acc)
+        if self.dist is not None:
+            stats = torch.stack([loss_sum, norm_sum, clipped.to(loss_sum.dtype)])
+            self.dist.all_reduce_sum_([*self._acc, stats])
+            loss_sum, norm_sum, clipped = stats.unbind()
         scale = 1.0 / cfg.expected_batch_size
         for p, a in zip(self._params, self._acc):
             p.grad = a.mul_(scale)
@@ -191,12 +223,19 @@ class PrivateTrainer:
         b = int(indices.numel())
         self.optimizer.zero_grad(set_to_none=True)
         loss_sum, n_phys = 0.0, 0
-        for x, y, mask, _ in self._batches(indices):
+        for x, y, mask, _ in self._batches(self._local_indices(indices)):
             n_phys += 1
             losses = self._per_example_loss(x, y)
             loss = (losses * mask.to(losses.dtype)).sum()
             (loss / b).backward()
             loss_sum += float(loss.detach())
+        if self.dist is not None:  # the mean gradient is the sum of the ranks' shares
+            for p in self._params:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+            stats = torch.tensor([loss_sum], device=self.device, dtype=torch.float64)
+            self.dist.all_reduce_sum_([*(p.grad for p in self._params), stats])
+            loss_sum = float(stats[0])
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self._steps += 1
@@ -225,10 +264,12 @@ class PrivateTrainer:
         """Restores a `state_dict()` so that training continues exactly where it stopped."""
         if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
             raise ValueError(f"Expected a trainer state of format {STATE_FORMAT!r}.")
-        mine = None if self.config is None else self.config.to_dict()
-        if state["config"] != mine:
-            diff = sorted(k for k in (mine or state["config"] or {})
-                          if (mine or {}).get(k) != (state["config"] or {}).get(k))
+        # The physical batch size only groups rows into passes (it changes nothing else,
+        # and differs between runs on different numbers of processes): not compared.
+        mine = None if self.config is None else _without_pbs(self.config.to_dict())
+        theirs = None if state["config"] is None else _without_pbs(state["config"])
+        if theirs != mine:
+            diff = sorted(k for k in (mine or theirs or {}) if (mine or {}).get(k) != (theirs or {}).get(k))
             raise ValueError(f"The checkpoint was written under a different configuration (fields {diff}).")
         saved = PrivacyLedger.from_dict(state["ledger"])
         if self.ledger.entries != saved.entries:
@@ -239,5 +280,12 @@ class PrivateTrainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self._sampler.load_state_dict(state["sampler"])
         if self._noise is not None:
+            if state["noise"] is None:
+                raise ValueError("The checkpoint holds no noise generator state (written by a rank other "
+                                 "than 0?); resume from rank 0's checkpoint.")
             self._noise.load_state_dict(state["noise"])
         self._steps = int(state["steps_taken"])
+
+
+def _without_pbs(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if k != "physical_batch_size"}
