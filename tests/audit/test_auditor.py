@@ -197,6 +197,8 @@ def test_trainer_contract_is_checked():
     ({"threat": "greybox"}, "threat"), ({"runs": 0}, "runs"), ({"alpha": 0.0}, "alpha"),
     ({"seed": -1}, "seed"), ({"runs": 5, "canaries": 10}, "canaries=1"), ({"canary_kind": "x"}, "canary_kind"),
     ({"statistic": "max"}, "statistic"), ({"trainer": "nope"}, "trainer"),
+    ({"statistic": "lr", "threat": "blackbox"}, "statistic"),
+    ({"statistic": "scaled_logit", "threat": "whitebox"}, "statistic"),
 ])
 def test_audit_validates_arguments(kwargs, name):
     args = {"trainer": "reference", "epsilon": 1.0, "delta": 1e-5, "canaries": 10, **kwargs}
@@ -211,7 +213,8 @@ def test_blackbox_audit_writes_json_and_plots(tmp_path):
 
     result = audit(untrained, epsilon=1.0, delta=1e-5, canaries=100, seed=1, out_dir=tmp_path / "a")
     assert isinstance(result, AuditResult) and result.verdict == "PASS"
-    assert result.statistic == "scaled_logit" and result.canary_info["kind"] == "mislabeled"
+    assert result.statistic == "scaled_logit-ring" and result.canary_info["kind"] == "outlier"  # the defaults
+    assert result.canary_info["ring_points"] == 32 and result.canary_info["norm"] > 20.0
     data = json.loads((tmp_path / "a" / "audit.json").read_text())
     assert data["verdict"] == "PASS" and data["epsilon_lower_bound"] == result.epsilon_lower
     assert len(data["scores"]) == 100 and sum(data["membership"]) == int(result.membership.sum())
@@ -229,8 +232,12 @@ def test_data_may_be_a_loaded_dataset():
         model = nn.Linear(dataset.input_shape[0], dataset.num_classes)
         return TrainerOutput(model=model, event=dpsgd_event(2.0, 10, sampling_rate=0.1), delta=delta)
 
-    result = audit(untrained, epsilon=1.0, delta=1e-5, canaries=40, data=load_dataset("breast-cancer"))
+    result = audit(untrained, epsilon=1.0, delta=1e-5, canaries=40, data=load_dataset("breast-cancer"),
+                   canary_kind="mislabeled")
     assert result.data == "breast-cancer" and result.canary_info["base_examples"] == 455 - 40
+    assert result.statistic == "scaled_logit"  # "auto" keeps the plain scaled logit for mislabelled rows
+    outliers = audit(untrained, epsilon=1.0, delta=1e-5, canaries=40, data=load_dataset("breast-cancer"))
+    assert outliers.canary_info["kind"] == "outlier" and outliers.canary_info["base_examples"] == 455
     with pytest.raises(ValueError, match="data"):
         audit(untrained, epsilon=1.0, delta=1e-5, canaries=40, data=3)
 
@@ -268,3 +275,90 @@ def test_broken_dpsgd_fails_by_a_factor_two(trainer):
     assert result.verdict == "FAIL"
     assert result.epsilon_lower >= 2.0 * result.epsilon_claimed
     assert math.isfinite(result.epsilon_claimed)
+
+
+# ---------------------------------------------------------------- black-box: outlier canaries and the ring
+
+
+def test_ring_inputs_are_antithetic_at_the_angle():
+    from privaudit.audit._blackbox import ring_inputs
+
+    x = np.random.default_rng(0).normal(size=(50, 16)).astype(np.float32) * 10
+    ring = ring_inputs(x, angle_degrees=30.0, points=6, seed=4)
+    assert ring.shape == (6, 50, 16)
+    np.testing.assert_allclose(np.linalg.norm(ring, axis=2), np.broadcast_to(np.linalg.norm(x, axis=1), (6, 50)),
+                               rtol=1e-5)
+    cos = (ring * x).sum(2) / (np.linalg.norm(ring, axis=2) * np.linalg.norm(x, axis=1))
+    np.testing.assert_allclose(cos, math.cos(math.radians(30.0)), atol=1e-5)
+    np.testing.assert_allclose(ring[0] + ring[1], 2 * math.cos(math.radians(30.0)) * x, atol=1e-4)
+    assert np.array_equal(ring, ring_inputs(x, angle_degrees=30.0, points=6, seed=4))
+    for bad in ({"points": 3}, {"points": 0}, {"angle_degrees": 0.0}, {"angle_degrees": 180.0}):
+        with pytest.raises(ValueError, match="points|angle"):
+            ring_inputs(x, **bad)
+
+
+def test_ring_statistic_is_zero_where_the_model_ignores_its_input_and_peaks_at_a_memorised_canary():
+    from privaudit.audit import make_input_canaries
+    from privaudit.audit._blackbox import blackbox_scores
+
+    x = np.random.default_rng(0).random((100, 64)).astype(np.float32)  # 64 features: the canaries are ~orthogonal
+    canaries, _ = make_input_canaries(x, np.arange(100) % 3, num_classes=3, count=20, kind="outlier", seed=1)
+
+    class Constant(nn.Module):
+        def forward(self, inputs):
+            return torch.tensor([1.0, -2.0, 0.5]).expand(inputs.shape[0], 3)
+
+    np.testing.assert_allclose(blackbox_scores(Constant(), canaries, statistic="scaled_logit-ring"), 0.0, atol=1e-12)
+
+    class Peaked(nn.Module):  # "memorised" canary 0: its label gets a bump that decays away from it
+        def forward(self, inputs):
+            u = torch.as_tensor(canaries.x[0] / np.linalg.norm(canaries.x[0]))
+            cos = (inputs @ u) / inputs.norm(dim=1)
+            bump = torch.relu(cos - 0.8) * 20.0
+            out = torch.zeros(inputs.shape[0], 3, dtype=inputs.dtype)
+            out[:, int(canaries.y[0])] = bump
+            return out
+
+    ring = blackbox_scores(Peaked(), canaries, statistic="scaled_logit-ring")
+    assert ring[0] > 2.0 and np.abs(ring[1:]).max() < 1e-6  # 3.31 at the canary, 0.64 on its ring
+    with pytest.raises(ValueError, match="statistic"):
+        blackbox_scores(Constant(), canaries, statistic="lr")
+
+
+# breast-cancer (455 rows): 50 Poisson steps at q = 0.2 keep these fast; digits below is the data.
+BLACKBOX_FAST = TrainingOptions(hidden=256, epochs=10.0, sampling_rate=0.2)
+
+
+@pytest.mark.parametrize("trainer, verdict", [("broken-noise-batch", "FAIL"), ("privaudit", "PASS")])
+def test_blackbox_outlier_audit_tells_too_little_noise_from_correct_dpsgd(trainer, verdict):
+    result = audit(trainer, epsilon=1.0, delta=1e-5, canaries=300, threat="blackbox", data="breast-cancer",
+                   options=BLACKBOX_FAST, seed=0)
+    assert result.canary_info["kind"] == "outlier" and result.statistic == "scaled_logit-ring"
+    assert result.verdict == verdict, result.to_dict(include_scores=False)
+    if verdict == "FAIL":
+        assert result.epsilon_lower >= 2.0 * result.epsilon_claimed
+
+
+BLACKBOX_DIGITS = TrainingOptions(hidden=128, epochs=10.0, sampling_rate=0.2)  # 50 Poisson steps
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("trainer", ["broken-no-clipping", "broken-noise-batch"])
+def test_blackbox_outlier_audit_catches_broken_dpsgd_on_digits(trainer):
+    result = audit(trainer, epsilon=1.0, delta=1e-5, canaries=300, threat="blackbox", options=BLACKBOX_DIGITS,
+                   seed=0)
+    assert result.verdict == "FAIL", result.to_dict(include_scores=False)
+    assert result.epsilon_lower >= 2.0 * result.epsilon_claimed
+    plain = audit(trainer, epsilon=1.0, delta=1e-5, canaries=300, threat="blackbox", options=BLACKBOX_DIGITS,
+                  seed=0, statistic="scaled_logit")
+    assert plain.epsilon_lower < result.epsilon_lower  # the ring is what lifts the bound
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("trainer", ["privaudit", "opacus"])
+@pytest.mark.parametrize("epsilon", [1.0, 2.0, 4.0, 8.0])
+def test_correct_dpsgd_never_fails_the_blackbox_outlier_audit(trainer, epsilon):
+    result = audit(trainer, epsilon=epsilon, delta=1e-5, canaries=300, threat="blackbox", options=BLACKBOX_DIGITS,
+                   seed=int(epsilon))
+    assert result.verdict == "PASS", result.to_dict(include_scores=False)
+    assert result.epsilon_lower <= result.epsilon_claimed

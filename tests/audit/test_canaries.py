@@ -15,6 +15,7 @@ from privaudit.audit import (
     draw_membership,
     make_input_canaries,
 )
+from privaudit.audit._canaries import OUTLIER_SCALE
 
 
 def test_membership_is_seeded_and_fair():
@@ -94,8 +95,35 @@ def test_random_canaries_stay_in_the_data_range():
     assert set(np.unique(canaries.y)) <= {0, 1, 2}
 
 
+def test_outlier_canaries_are_far_nearly_orthogonal_and_randomly_labelled():
+    rng = np.random.default_rng(0)
+    x, y = rng.random((300, 64)).astype(np.float32), rng.integers(0, 10, 300)
+    canaries, keep = make_input_canaries(x, y, num_classes=10, count=1000, kind="outlier", seed=3)
+    rms = float(np.sqrt((x.astype(np.float64) ** 2).sum(1).mean()))
+    assert canaries.kind == "outlier" and keep.size == 300 and canaries.source_indices.size == 0
+    assert canaries.norm == pytest.approx(OUTLIER_SCALE * rms)
+    np.testing.assert_allclose(np.linalg.norm(canaries.x, axis=1), canaries.norm, rtol=1e-5)
+    assert np.linalg.norm(canaries.x, axis=1).min() > 5 * np.linalg.norm(x, axis=1).max()  # far from every row
+    u = canaries.x / np.linalg.norm(canaries.x, axis=1, keepdims=True)
+    cos = u @ u.T
+    assert np.abs(cos[~np.eye(1000, dtype=bool)]).mean() < 0.15  # ~ 1 / sqrt(64) * sqrt(2 / pi)
+    counts = np.bincount(canaries.y, minlength=10)
+    assert counts.min() > 60 and counts.max() < 140  # uniform labels, whatever the data's
+    again, _ = make_input_canaries(x, y, num_classes=10, count=1000, kind="outlier", seed=3)
+    assert np.array_equal(again.x, canaries.x) and np.array_equal(again.y, canaries.y)
+    wider, _ = make_input_canaries(x, y, num_classes=10, count=5, kind="outlier", seed=3, outlier_scale=2.0)
+    assert wider.norm == pytest.approx(2.0 * rms)
+
+
+def test_outlier_canaries_keep_the_input_shape():
+    x, y = np.ones((20, 1, 4, 4), np.float32), np.arange(20) % 2
+    canaries, _ = make_input_canaries(x, y, num_classes=2, count=7, kind="outlier", seed=0)
+    assert canaries.x.shape == (7, 1, 4, 4) and canaries.x.dtype == np.float32
+
+
 @pytest.mark.parametrize("kwargs, name", [
     ({"count": 100, "kind": "mislabeled"}, "canaries=100"),
+    ({"count": 5, "kind": "outlier", "outlier_scale": 0.0}, "outlier_scale"),
     ({"count": 5, "kind": "poisoned"}, "canary_kind"),
     ({"count": 0, "kind": "random"}, "count"),
 ])
@@ -103,6 +131,12 @@ def test_input_canaries_validate(kwargs, name):
     x, y = np.zeros((100, 2), np.float32), np.zeros(100, np.int64)
     with pytest.raises(ValueError, match=name):
         make_input_canaries(x, y, num_classes=2, seed=0, **kwargs)
+
+
+def test_outlier_canaries_need_data_with_a_norm():
+    with pytest.raises(ValueError, match="outlier"):
+        make_input_canaries(np.zeros((10, 3), np.float32), np.zeros(10, np.int64), num_classes=2, count=3,
+                            kind="outlier", seed=0)
 
 
 def test_audit_dataset_and_trainer_output_validate():

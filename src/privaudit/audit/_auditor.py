@@ -31,7 +31,14 @@ from privaudit._io import atomic_write_json
 from privaudit.accounting import PLDAccountant
 
 from ._bounds import Bonferroni, EpsilonBound, _as_scores, epsilon_lower_bound
-from ._canaries import INPUT_CANARY_KINDS, AuditDataset, GradientCanaries, TrainerOutput, make_input_canaries
+from ._canaries import (
+    BLACKBOX_STATISTICS,
+    INPUT_CANARY_KINDS,
+    AuditDataset,
+    GradientCanaries,
+    TrainerOutput,
+    make_input_canaries,
+)
 from ._gdp_fit import GdpEstimate, gdp_fit
 from ._one_run import OneRunBound, _as_membership, _epsilon
 
@@ -107,7 +114,7 @@ class AuditResult:
         gdp: the Gaussian-DP estimate, or None when the scores do not allow a fit.
         verdict: "FAIL" if ``bound.epsilon > epsilon_claimed`` else "PASS".
         statistic: how canaries were scored: "lda", "lr", "lr-centered", "sum" (white-box,
-            see `_whitebox`) or "scaled_logit" (black-box).
+            see `_whitebox`) or "scaled_logit", "scaled_logit-ring" (black-box, see `_blackbox`).
         scores, membership: one score and one inclusion flag per canary (per run).
         trainer_info, canary_info: what the trainer and the canaries recorded.
         seconds: wall-clock time of the audit.
@@ -204,8 +211,8 @@ def _check_args(*, epsilon: float, delta: float, canaries: int, threat: str, run
     _validate.integer(minimum=0, seed=seed)
     if threat not in THREAT_MODELS:
         raise ValueError(f"Expected threat={threat!r} in {list(THREAT_MODELS)}.")
-    if canary_kind not in INPUT_CANARY_KINDS:
-        raise ValueError(f"Expected canary_kind={canary_kind!r} in {list(INPUT_CANARY_KINDS)}.")
+    if canary_kind != "auto" and canary_kind not in INPUT_CANARY_KINDS:
+        raise ValueError(f"Expected canary_kind={canary_kind!r} in {['auto', *INPUT_CANARY_KINDS]}.")
     if runs > 1 and canaries != 1:
         raise ValueError(f"Expected canaries=1 with runs={runs} > 1: a multi-run audit uses one canary per "
                          f"run (Clopper-Pearson over runs); got canaries={canaries}. Use runs=1 for the "
@@ -223,7 +230,7 @@ def audit(
     data: Any = "digits",
     alpha: float = 0.05,
     seed: int = 0,
-    canary_kind: str = "mislabeled",
+    canary_kind: str = "auto",
     canary_norm: float = 100.0,
     canary_support: int | None = None,
     statistic: str = "auto",
@@ -246,10 +253,14 @@ def audit(
             (e.g. a CSV read with its target column); its training split is used.
         alpha: the bound holds with probability >= 1 - alpha.
         seed: everything random in the audit derives from it.
-        canary_kind: black-box canaries, "mislabeled" or "random".
+        canary_kind: black-box canaries: "outlier", "mislabeled" or "random" (see
+            `make_input_canaries`); "auto" is "outlier" for real-valued inputs and
+            "mislabeled" for token ids.
         canary_norm: L2 norm of white-box canary gradients (above any sane clipping norm).
         canary_support: coordinates per white-box canary (None: as many as fit; 1 = Dirac).
-        statistic: white-box score: "auto", "lda", "lr", "lr-centered" or "sum" (see `_whitebox`).
+        statistic: white-box score: "auto", "lda", "lr", "lr-centered" or "sum" (see `_whitebox`);
+            black-box score: "auto", "scaled_logit" or "scaled_logit-ring" (see `_blackbox`;
+            "auto" takes the ring for outlier canaries).
         options: `TrainingOptions` for a built-in trainer.
         out_dir: if given, `write_audit` writes audit.json and the plots there.
         progress: called with a short message before each training run.
@@ -264,18 +275,21 @@ def audit(
     from ._trainers import load_trainer
     from ._whitebox import WHITEBOX_STATISTICS
 
-    if statistic not in WHITEBOX_STATISTICS:
-        raise ValueError(f"Expected statistic={statistic!r} in {list(WHITEBOX_STATISTICS)}.")
+    allowed = WHITEBOX_STATISTICS if threat == "whitebox" else BLACKBOX_STATISTICS
+    if statistic not in allowed:
+        raise ValueError(f"Expected statistic={statistic!r} in {list(allowed)} for threat={threat!r}.")
     started = time.perf_counter()
     name, train = load_trainer(trainer, options=options)
     ds = load_dataset(data) if isinstance(data, str) else _check_dataset(data)
+    if canary_kind == "auto":
+        canary_kind = "mislabeled" if np.issubdtype(np.asarray(ds.x_train).dtype, np.integer) else "outlier"
     root = np.random.SeedSequence(seed)
     run_seeds = root.spawn(runs)
     scores: list[dict[str, np.ndarray]] = []  # one {statistic: scores} per run
     member, claims, infos = [], [], []
     canary_info: dict[str, Any] = {}
     for r, rs in enumerate(run_seeds):
-        s_member, s_canary, s_trainer = (int(x) for x in rs.generate_state(3) % 2**31)
+        s_member, s_canary, s_trainer, s_query = (int(x) for x in rs.generate_state(4) % 2**31)
         inc = np.random.default_rng(s_member).random(canaries) < 0.5
         if progress is not None:
             progress(f"training run {r + 1}/{runs} ({name}, {threat}, {canaries} canaries)")
@@ -302,10 +316,15 @@ def audit(
             stat, values, canary_info = _score_whitebox(name, output, gc, statistic)
             run_scores = {stat: values}
         else:
-            from ._blackbox import blackbox_scores
+            from ._blackbox import RING_ANGLE_DEGREES, RING_POINTS, blackbox_scores, default_statistic
 
-            run_scores = {"scaled_logit": blackbox_scores(output.model, ic)}
+            stat = default_statistic(ic.kind) if statistic == "auto" else statistic
+            run_scores = {stat: blackbox_scores(output.model, ic, statistic=stat, seed=s_query)}
             canary_info = {"kind": ic.kind, "count": ic.count, "base_examples": int(keep.size)}
+            if ic.norm is not None:
+                canary_info["norm"] = ic.norm
+            if stat == "scaled_logit-ring":
+                canary_info.update(ring_angle_degrees=RING_ANGLE_DEGREES, ring_points=RING_POINTS)
         scores.append(run_scores)
         member.append(inc)
         claims.append(output.event)

@@ -12,8 +12,13 @@ arXiv:2305.08846 v1, Algorithm 1). Two kinds of canary:
   al. 2023 (arXiv:2302.07956 v1). Blocks of several coordinates behave the same
   under L2 clipping and also expose element-wise clipping, which leaves a Dirac
   canary unchanged.
-* `InputCanaries` (black-box): mislabelled training examples, or random inputs
-  with random labels, that join the training set.
+* `InputCanaries` (black-box): inputs with labels that join the training set:
+  mislabelled training examples, random inputs within the data's range, or
+  "outlier" inputs far outside it (random directions at a norm many times the
+  data's), each with a random label. An outlier's per-example gradient is far
+  above any sane clipping norm and its neighbourhood holds no data, so a trainer
+  that clips correctly hides it in the noise while one that does not clip (or
+  adds too little noise) memorises it on its own.
 
 numpy only: nothing here imports torch.
 """
@@ -40,7 +45,11 @@ __all__ = [
     "make_input_canaries",
 ]
 
-INPUT_CANARY_KINDS = ("mislabeled", "random")
+INPUT_CANARY_KINDS = ("mislabeled", "random", "outlier")
+#: Black-box scores (see `_blackbox`); "auto" is the ring for "outlier" canaries, else the scaled logit.
+BLACKBOX_STATISTICS = ("auto", "scaled_logit", "scaled_logit-ring")
+#: Norm of "outlier" canaries, in units of the training rows' root-mean-square norm.
+OUTLIER_SCALE = 8.0
 
 
 def draw_membership(count: int, *, seed: int) -> np.ndarray:
@@ -147,16 +156,19 @@ class InputCanaries:
     Attributes:
         x: (m, *input_shape) canary inputs, float32.
         y: (m,) canary labels (int64); for "mislabeled" canaries never the true label.
-        kind: "mislabeled" (training examples given a wrong label) or "random"
-            (uniform random inputs within the training data's range, random labels).
+        kind: "mislabeled" (training examples given a wrong label), "random"
+            (uniform random inputs within the training data's range, random labels) or
+            "outlier" (uniformly random directions at norm `norm`, random labels).
         source_indices: for "mislabeled", the rows of the training split they were
             taken from (those rows leave the base training set); empty otherwise.
+        norm: for "outlier", the L2 norm of every canary input; None otherwise.
     """
 
     x: np.ndarray
     y: np.ndarray
     kind: str
     source_indices: np.ndarray
+    norm: float | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in INPUT_CANARY_KINDS:
@@ -170,7 +182,8 @@ class InputCanaries:
 
 
 def make_input_canaries(
-    x: np.ndarray, y: np.ndarray, *, num_classes: int, count: int, kind: str, seed: int
+    x: np.ndarray, y: np.ndarray, *, num_classes: int, count: int, kind: str, seed: int,
+    outlier_scale: float = OUTLIER_SCALE,
 ) -> tuple[InputCanaries, np.ndarray]:
     """Draws `count` black-box canaries from a training set; returns them and the rows left as base data.
 
@@ -178,16 +191,42 @@ def make_input_canaries(
     from the *other* classes; they leave the base set (so a canary that is OUT is not
     in training in any form). "random": inputs uniform between each feature's minimum
     and maximum over the training set, labels uniform; the base set is all of `x`.
+    "outlier": inputs ``norm * u_k`` with ``u_k`` uniform on the unit sphere of the
+    input space and ``norm = outlier_scale`` times the training rows' root-mean-square
+    norm, labels uniform; the base set is all of `x`. In many dimensions the
+    directions are nearly orthogonal to each other and to the data, and at that norm
+    a hidden layer saturates: each outlier's gradient is large (far above a clipping
+    norm of about 1) and touches what no data point does.
+
+    >>> xs = np.random.default_rng(0).random((50, 16)).astype(np.float32)
+    >>> c, keep = make_input_canaries(xs, np.arange(50) % 3, num_classes=3, count=4, kind="outlier", seed=1)
+    >>> keep.size, c.x.shape, bool(np.allclose(np.linalg.norm(c.x, axis=1), c.norm))
+    (50, (4, 16), True)
 
     Raises:
-        ValueError: unknown kind, count < 1, or (mislabeled) count >= the training size.
+        ValueError: unknown kind, count < 1, (mislabeled) count >= the training size, or
+            (outlier) training rows that are all zero.
     """
     if kind not in INPUT_CANARY_KINDS:
         raise ValueError(f"Expected canary_kind={kind!r} in {list(INPUT_CANARY_KINDS)}.")
     _validate.integer(minimum=1, count=count)
     _validate.integer(minimum=2, num_classes=num_classes)
+    _validate.positive(outlier_scale=outlier_scale)
     rng = np.random.default_rng(seed)
     n = int(y.shape[0])
+    if kind == "outlier":
+        flat = np.asarray(x, dtype=np.float64).reshape(n, -1)
+        rms = math.sqrt(float((flat**2).sum(1).mean()))
+        if not rms > 0:
+            raise ValueError("Expected training rows with a nonzero norm to scale canary_kind='outlier' by.")
+        norm = float(outlier_scale * rms)
+        u = rng.normal(size=(count, flat.shape[1]))
+        u /= np.linalg.norm(u, axis=1, keepdims=True)
+        inputs = (norm * u).reshape(count, *x.shape[1:]).astype(np.float32)
+        labels = rng.integers(0, num_classes, size=count).astype(np.int64)
+        canaries = InputCanaries(x=inputs, y=labels, kind=kind, source_indices=np.zeros(0, dtype=np.int64),
+                                 norm=norm)
+        return canaries, np.arange(n)
     if kind == "mislabeled":
         if count >= n:
             raise ValueError(f"Expected canaries={count} < {n}, the training examples they are drawn "

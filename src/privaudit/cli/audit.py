@@ -36,8 +36,10 @@ def _default_out(trainer: str, threat: str, epsilon: float, canaries: int, runs:
 @click.option("--data", default="digits", show_default=True, help="Base dataset (as for privaudit train).")
 @click.option("--alpha", type=float, default=0.05, show_default=True, help="Bounds hold with probability 1 - alpha.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds canaries, inclusion and training.")
-@click.option("--canary-kind", type=click.Choice(["mislabeled", "random"]), default="mislabeled",
-              show_default=True, help="Black-box canaries.")
+@click.option("--canary-kind", type=click.Choice(["auto", "outlier", "mislabeled", "random"]), default="auto",
+              show_default=True,
+              help="Black-box canaries: outlier (far random inputs, random labels; auto's choice for real-valued "
+                   "data), mislabeled training rows, or random inputs within the data's range.")
 @click.option("--epochs", type=float, help="Built-in trainers: epochs (default 10).")
 @click.option("--sampling-rate", type=float,
               help="Built-in trainers: Poisson rate q (default 0.1; 1 = full-batch DP-GD).")
