@@ -60,20 +60,25 @@ def test_tiny_sweep_end_to_end(tmp_path):
     base = TrainSettings(model="logreg", epochs=1, batch_size=256, optimizer="sgd", lr=2.0, max_grad_norm=0.1,
                          target_epsilon=1.0, test_fraction=0.5, device="cpu")
     options = SweepOptions(epsilons=(2.0, math.inf), seeds=(0,), attacks=("loss", "lira"), shadows=3, device="cpu",
-                           no_dp_lr=0.1)
+                           no_dp_lr=0.1, adaptive_clip=True)
     events = []
     result = run_sweep(base, options, out=tmp_path / "sw", listener=events.append)
-    assert [r["label"] for r in result.runs] == ["eps2-C0.1-seed0", "nodp-seed0"]
+    assert [r["label"] for r in result.runs] == ["eps2-C0.1-seed0", "eps2-Cadaptive-seed0", "nodp-seed0"]
+    # The adaptive run started from the base C, moved it, and reached the same budget.
+    adaptive = result.runs[1]
+    assert adaptive["max_grad_norm"] == "adaptive" and adaptive["final_clipping_norm"] != 0.1
+    assert adaptive["epsilon"] == pytest.approx(2.0, abs=0.01)
+    assert [p["max_grad_norm"] for p in result.points] == [0.1, "adaptive", None]
     assert {e.stage for e in events} == {"train", "attack"}
     data = json.loads(result.files.json.read_text())
     assert data["format"] == "privaudit.sweep/1" and data["points"][-1]["epsilon"] == "inf"
     assert data["runs"][0]["epsilon"] == pytest.approx(2.0, abs=0.01)
-    assert data["runs"][1]["epsilon"] == "inf"
+    assert data["runs"][2]["epsilon"] == "inf"
     for run in data["runs"]:
         attack = json.loads((tmp_path / "sw" / "runs" / run["label"] / "attack.json").read_text())
         assert run["attacks"]["loss"]["auc"] == attack["attacks"]["loss"]["auc"]
     md = result.files.markdown.read_text(encoding="utf-8")
-    assert "arXiv 2110.03620" in md and "Adaptive clipping is not available" in md
+    assert "arXiv 2110.03620" in md and "--adaptive-clip" in md
     assert (tmp_path / "sw" / "sweep.png").is_file() and "data:image/png;base64," in result.files.html.read_text()
     # A second call reuses every finished run: nothing is trained or attacked again.
     events.clear()

@@ -43,7 +43,7 @@ from privaudit import _validate
 from privaudit.accounting import calibrate_noise_multiplier, dpsgd_event, sampling_rate_and_steps
 
 from ._canaries import AuditDataset, GradientCanaries, Trainer, TrainerOutput
-from ._whitebox import CanaryNoise, append_opacus_canaries, flat_update, sample_canaries
+from ._whitebox import CanaryInjector, append_opacus_canaries, flat_update, sample_canaries
 
 __all__ = ["BUILTIN_TRAINERS", "BuiltinTrainer", "TrainingOptions", "load_trainer"]
 
@@ -202,12 +202,13 @@ def _train_privaudit(dataset: AuditDataset, *, epsilon: float, delta: float, see
                            data=(x, y), loss_fn=nn.CrossEntropyLoss(), epochs=options.epochs,
                            expected_batch_size=_batch_size(options.sampling_rate, dataset.size),
                            max_grad_norm=c, target_epsilon=epsilon, target_delta=delta, seed=seeds["sampler"])
-    noise = CanaryNoise(inner=trainer._noise, trainer=trainer, canaries=dataset.gradient_canaries,
-                        generator=torch.Generator().manual_seed(seeds["canary"]), record=record_updates)
-    trainer._noise = noise  # the canaries join the clipped sum right before the engine's noise
+    # The canaries join the clipped sum right before the engine's noise (public trainer hooks).
+    noise = CanaryInjector(trainer=trainer, canaries=dataset.gradient_canaries,
+                           generator=torch.Generator().manual_seed(seeds["canary"]), record=record_updates)
     try:
         trainer.run()
     finally:
+        noise.remove()
         trainer.close()
     cfg = trainer.config
     return TrainerOutput(model=model, event=cfg.dp_event(), delta=delta, max_grad_norm=c,

@@ -48,7 +48,7 @@ from privaudit.accounting import DpEvent, GaussianEvent, PoissonSampledEvent, fl
 from ._canaries import GradientCanaries
 
 __all__ = [
-    "CanaryNoise",
+    "CanaryInjector",
     "WHITEBOX_STATISTICS",
     "append_opacus_canaries",
     "canary_projections",
@@ -239,25 +239,23 @@ class _SparseCanaryGrads:
         return out
 
 
-class CanaryNoise:
-    """Stands in for privaudit's `GaussianNoise`: adds the sampled canaries' clipped gradients
-    to the clipped sum, then the engine's own noise, and records the noisy sum.
+class CanaryInjector:
+    """Puts gradient canaries into privaudit's DP-SGD through the trainer's public hooks.
 
-    The canaries go through the engine's `clip_and_accumulate` with the engine's
-    clipping norm and mode, as if they were rows of the batch.
+    Before the engine adds its noise (`add_sum_hook`), the canaries sampled for the step
+    (each with probability q, if included) go through the engine's `clip_and_accumulate`
+    with the step's clipping norm and mode, as if they were rows of the batch; after it
+    (`add_release_hook`), the noisy sum is recorded for the white-box auditor.
     """
 
-    def __init__(self, *, inner: Any, trainer: Any, canaries: GradientCanaries | None,
-                 generator: torch.Generator, record: bool) -> None:
+    def __init__(self, *, trainer: Any, canaries: GradientCanaries | None, generator: torch.Generator,
+                 record: bool) -> None:
         from privaudit.training._clipping import clip_and_accumulate
 
         self._clip = clip_and_accumulate
-        self.inner = inner
-        self.std = inner.std
-        self.generator = inner.generator
         self._cfg = trainer.config
-        self._params: list[nn.Parameter] = list(trainer._params)
-        self._units = list(trainer._capture.units)
+        self._params: list[nn.Parameter] = trainer.parameters
+        self._units = trainer.clipping_units
         self._canaries = canaries
         self._gen = generator
         self.updates: list[np.ndarray] | None = [] if record else None
@@ -273,18 +271,25 @@ class CanaryNoise:
         self._owner = [owner[id(p)] for p in self._params]
         if canaries is not None:
             self._coords, self._values = canaries.directions(sum(sizes))
+        self._removers = [trainer.add_sum_hook(self._before_noise), trainer.add_release_hook(self._after_noise)]
 
-    def add_(self, tensors: Sequence[torch.Tensor]) -> None:
-        tensors = list(tensors)
+    def remove(self) -> None:
+        """Detaches the hooks from the trainer."""
+        for remove in self._removers:
+            remove()
+        self._removers = []
+
+    def _before_noise(self, tensors: list[torch.Tensor], clipping_norm: float) -> None:
         if self._canaries is not None:
             ids = sample_canaries(self._canaries.included, self._cfg.sampling_rate, self._gen)
             if ids.size:
-                self._add_canaries(ids, tensors)
-        self.inner.add_(tensors)
+                self._add_canaries(ids, tensors, clipping_norm)
+
+    def _after_noise(self, tensors: list[torch.Tensor]) -> None:
         if self.updates is not None:
             self.updates.append(flat_update(tensors))
 
-    def _add_canaries(self, ids: np.ndarray, tensors: list[torch.Tensor]) -> None:
+    def _add_canaries(self, ids: np.ndarray, tensors: list[torch.Tensor], clipping_norm: float) -> None:
         assert self._canaries is not None
         coords, values = self._coords[ids], self._values[ids] * self._canaries.norm
         rows = np.repeat(np.arange(ids.size), coords.shape[1])
@@ -300,15 +305,9 @@ class CanaryNoise:
                 torch.as_tensor(vals[sel], dtype=dtype, device=device))
         grads = [_SparseCanaryGrads(self._units[ui].params, ent, ids.size) for ui, ent in per_unit.items()]
         out = dict(zip(self._params, tensors))
-        self._clip(grads, max_grad_norm=self._cfg.max_grad_norm, clipping=self._cfg.clipping,
+        self._clip(grads, max_grad_norm=clipping_norm, clipping=self._cfg.clipping,
                    num_layers=len(self._units), mask=torch.ones(ids.size, dtype=torch.bool, device=device),
                    out=out)
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.inner.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.inner.load_state_dict(state)
 
 
 # --------------------------------------------------------------------------------------

@@ -31,9 +31,6 @@ _OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
     (("--local-steps",), dict(type=int, help="[federated] Local SGD steps per round.")),
     (("--local-epochs",), dict(type=float, help="[federated] Local epochs of the average client (default 1).")),
     (("--clip",), dict(type=float, help="[federated] Client-level DP: bound S on each update's norm (default 1).")),
-    (("--adaptive-clip",), dict(is_flag=True, help="[federated] Clip to a noisy quantile (Andrew et al. 2021).")),
-    (("--target-quantile",), dict(type=float, help="[federated] Unclipped fraction to aim at (default 0.5).")),
-    (("--count-noise-std",), dict(type=float, help="[federated] Noise on the unclipped count (default m/20).")),
     (("--server-lr",), dict(type=float, help="[federated] Server learning rate (default 1).")),
     (("--server-momentum",), dict(type=float, help="[federated] Server momentum (default 0).")),
     (("--engine",), dict(type=click.Choice(["vectorised", "sequential", "flower"]),
@@ -42,10 +39,11 @@ _OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
     (("--eval-every",), dict(type=int, help="[federated] Evaluate every this many rounds (default 1).")),
 ]
 FEDERATED_FLAGS = tuple(opts[0][2:].replace("-", "_") for opts, _ in _OPTIONS)
-# Flags of `train` that a federated run reads (same meaning; batch size, lr and momentum are local).
+# Flags of `train` that a federated run reads (same meaning; batch size, lr and momentum are local;
+# adaptive clipping applies to client updates under --dp client).
 _SHARED = ("data", "target", "model", "batch_size", "lr", "momentum", "noise_multiplier", "target_epsilon",
            "delta", "max_grad_norm", "clipping", "accountant", "seed", "split_seed", "test_fraction", "device",
-           "name", "out")
+           "name", "out", "adaptive_clip", "target_quantile", "count_noise_std")
 _NOT_FEDERATED = ("epochs", "physical_batch_size", "secure_rng")
 
 

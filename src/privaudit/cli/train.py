@@ -45,6 +45,11 @@ def _read_config(path: str) -> dict[str, Any]:
 @click.option("--delta", type=float, default=1e-5, show_default=True)
 @click.option("--max-grad-norm", type=float, help="Per-example clipping norm C [default: 0.5].")
 @click.option("--clipping", type=click.Choice(["flat", "per_layer"]), default="flat", show_default=True)
+@click.option("--adaptive-clip", is_flag=True,
+              help="Let C follow a noisy quantile of the norms (Andrew et al. 2021); --max-grad-norm is the start.")
+@click.option("--target-quantile", type=float, help="Adaptive clipping: unclipped fraction to aim at [default: 0.5].")
+@click.option("--count-noise-std", type=float,
+              help="Adaptive clipping: noise on the unclipped count [default: expected batch / 20].")
 @click.option("--accountant", type=click.Choice(["pld", "rdp", "gdp"]), default="pld", show_default=True)
 @click.option("--physical-batch-size", type=int, help="Rows per forward pass (default: automatic).")
 @click.option("--no-dp", is_flag=True, help="Train the same model without DP (attack baseline).")

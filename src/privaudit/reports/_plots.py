@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from ._text import clipping_series, clipping_text
+
 __all__ = ["OKABE_ITO", "audit_bound_figure", "canary_histogram_figure", "figure_png", "privacy_figure",
            "roc_figure", "sweep_figure", "unlabelled_axes", "utility_figure"]
 
@@ -235,7 +237,7 @@ def sweep_figure(points: Sequence[Mapping[str, Any]], *, attacks: Sequence[str])
     """
     with _rc():
         fig, axes = _figure(2, 2, size=(10.0, 7.6))
-        norms = sorted({p["max_grad_norm"] for p in points if p.get("max_grad_norm") is not None}) or [None]
+        norms = clipping_series(points)
         all_eps = sorted({float(p["epsilon"]) for p in points})
         _, inf_x = _eps_positions(all_eps)
         panels = [(axes[0, 0], "test accuracy (%)", "Utility"),
@@ -246,7 +248,7 @@ def sweep_figure(points: Sequence[Mapping[str, Any]], *, attacks: Sequence[str])
             # A run without DP does not clip: it closes every clipping norm's series.
             pts = sorted((p for p in points if p.get("max_grad_norm") in (c, None)), key=lambda p: float(p["epsilon"]))
             xs, _ = _eps_positions([float(p["epsilon"]) for p in pts])
-            suffix = "" if c is None or len(norms) == 1 else f", C = {c:g}"
+            suffix = "" if c is None or len(norms) == 1 else f", {clipping_text(c)}"
             acc = [100 * p["test_accuracy"] if p.get("test_accuracy") is not None else np.nan for p in pts]
             sd = [100 * (p.get("test_accuracy_sd") or 0.0) for p in pts]
             _series(axes[0, 0], xs, acc, sd, inf_x, label=f"held-out accuracy{suffix}", style=_style(j))

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import _validate
+from ._text import ADAPTIVE
 from ._write import ReportFiles, write_document
 
 __all__ = ["DEFAULT_EPSILONS", "SweepEvent", "SweepOptions", "SweepResult", "parse_grid", "parse_seeds", "run_sweep"]
@@ -86,6 +87,8 @@ class SweepOptions:
     Attributes:
         epsilons: target epsilons; math.inf trains without DP.
         max_grad_norms: clipping norms C (None: the base settings' C only).
+        adaptive_clip: also train each DP budget with adaptive clipping (Andrew et al. 2021),
+            starting from the base settings' C, as the alternative to the grid of norms.
         seeds: training seeds (each also the split seed, so members differ between seeds).
         attacks: attack names or groups; LOSS + LiRA by default.
         shadows: K shadow models per run (>= 3 for LiRA).
@@ -97,6 +100,7 @@ class SweepOptions:
 
     epsilons: tuple[float, ...] = DEFAULT_EPSILONS
     max_grad_norms: tuple[float, ...] | None = None
+    adaptive_clip: bool = False
     seeds: tuple[int, ...] = (0,)
     attacks: tuple[str, ...] = ("loss", "lira")
     shadows: int = 4
@@ -148,8 +152,13 @@ class SweepResult:
     seconds: float
 
 
-def _grid(base: Any, options: SweepOptions) -> list[tuple[float, float | None, int]]:
-    norms = options.max_grad_norms or (base.max_grad_norm,)
+#: A sweep point's clipping: a fixed norm C, `ADAPTIVE`, or None (no DP).
+Clip = float | str | None
+
+
+def _grid(base: Any, options: SweepOptions) -> list[tuple[float, Clip, int]]:
+    norms: tuple[Clip, ...] = (*(options.max_grad_norms or (base.max_grad_norm,)),
+                               *((ADAPTIVE,) if options.adaptive_clip else ()))
     grid = []
     for seed in options.seeds:
         for eps in sorted(options.epsilons):
@@ -158,13 +167,16 @@ def _grid(base: Any, options: SweepOptions) -> list[tuple[float, float | None, i
     return grid
 
 
-def _label(eps: float, c: float | None, seed: int) -> str:
-    return f"{'nodp' if math.isinf(eps) else f'eps{eps:g}'}{'' if c is None else f'-C{c:g}'}-seed{seed}"
+def _label(eps: float, c: Clip, seed: int) -> str:
+    clip = "" if c is None else "-Cadaptive" if c == ADAPTIVE else f"-C{c:g}"
+    return f"{'nodp' if math.isinf(eps) else f'eps{eps:g}'}{clip}-seed{seed}"
 
 
-def _settings_for(base: Any, options: SweepOptions, eps: float, c: float | None, seed: int, runs_dir: Path) -> Any:
+def _settings_for(base: Any, options: SweepOptions, eps: float, c: Clip, seed: int, runs_dir: Path) -> Any:
+    fixed = c is None or c == ADAPTIVE  # no DP, or adaptive clipping from the base norm
     return dataclasses.replace(base, target_epsilon=None if math.isinf(eps) else eps, noise_multiplier=None,
-                               no_dp=math.isinf(eps), max_grad_norm=base.max_grad_norm if c is None else c,
+                               no_dp=math.isinf(eps), max_grad_norm=base.max_grad_norm if fixed else c,
+                               adaptive_clip=c == ADAPTIVE,
                                lr=options.no_dp_lr if math.isinf(eps) and options.no_dp_lr is not None else base.lr,
                                seed=seed, split_seed=seed, name=_label(eps, c, seed), out=str(runs_dir))
 
@@ -196,7 +208,7 @@ def _finished(run_dir: Path, settings: Any, options: SweepOptions) -> tuple[bool
     return trained, attacked
 
 
-def _run_record(run_dir: Path, eps: float, c: float | None, seed: int) -> dict[str, Any]:
+def _run_record(run_dir: Path, eps: float, c: Clip, seed: int) -> dict[str, Any]:
     import json
 
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -210,6 +222,7 @@ def _run_record(run_dir: Path, eps: float, c: float | None, seed: int) -> dict[s
     return {"label": run_dir.name, "run_dir": str(run_dir), "target_epsilon": eps, "max_grad_norm": c, "seed": seed,
             "epsilon": summary.get("epsilon") if not math.isinf(eps) else math.inf,
             "noise_multiplier": summary.get("noise_multiplier"), "test_accuracy": summary.get("test_accuracy"),
+            "final_clipping_norm": summary.get("final_clipping_norm"),
             "members": (attack.get("population") or {}).get("members"),
             "non_members": (attack.get("population") or {}).get("non_members"),
             "attack_delta": attack.get("delta"), "attacks": attacks}
@@ -226,7 +239,7 @@ def aggregate(runs: Sequence[Mapping[str, Any]], attacks: Sequence[str]) -> list
     """Means (and standard deviations) over seeds for each (epsilon, C); a value missing
     for any seed (TPR where the FPR is unreachable) makes the mean None."""
     keys = sorted({(r["target_epsilon"], r["max_grad_norm"]) for r in runs},
-                  key=lambda k: (k[0], -1.0 if k[1] is None else k[1]))
+                  key=lambda k: (k[0], -1.0 if k[1] is None else math.inf if k[1] == ADAPTIVE else k[1]))
     points = []
     for eps, c in keys:
         group = [r for r in runs if r["target_epsilon"] == eps and r["max_grad_norm"] == c]

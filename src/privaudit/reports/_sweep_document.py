@@ -8,7 +8,7 @@ from typing import Any
 
 from . import _plots
 from ._document import Block, Bullets, Document, Figure, Paragraph, Table
-from ._text import fmt_eps, fmt_num, fmt_pct
+from ._text import clipping_series, clipping_text, fmt_eps, fmt_num, fmt_pct
 
 __all__ = ["ADAPTIVE_CLIPPING_NOTE", "TUNING_NOTE", "monotone_within_noise", "sweep_document"]
 
@@ -18,9 +18,10 @@ TUNING_NOTE = (
     "2022, \"Hyperparameter Tuning with Renyi Differential Privacy\", arXiv 2110.03620). Read this page as a "
     "description of the trade-off, not as licence to pick the best cell and report its ε alone.")
 ADAPTIVE_CLIPPING_NOTE = (
-    "Adaptive clipping is not available for centralised DP-SGD in privaudit: it exists only for client-level "
-    "federated training (DpFedAvg with AdaptiveClipping, where the clipping norm follows a noisy quantile of the "
-    "client update norms). This sweep therefore uses a fixed grid of clipping norms instead.")
+    "A grid of clipping norms is itself hyperparameter tuning on the private data. The alternative is adaptive "
+    "clipping (`privaudit sweep --adaptive-clip`, Andrew et al. 2021, arXiv 1905.03871): C starts at the base "
+    "norm and follows a noisy median of the per-example gradient norms, and the noisy count it releases each "
+    "step is paid for inside the same budget (the ledger records sum and count as one Gaussian mechanism).")
 
 
 def _eps_label(eps: float) -> str:
@@ -59,13 +60,13 @@ def monotone_within_noise(values: Sequence[float | None], noise: Sequence[float 
 def _trend_lines(data: Mapping[str, Any]) -> list[str]:
     points, runs = data["points"], data["runs"]
     attacks = list(data["options"]["attacks"])
-    norms = sorted({p["max_grad_norm"] for p in points if p["max_grad_norm"] is not None}) or [None]
+    norms = clipping_series(points)
     n_test = runs[0].get("non_members") if runs else None
     lines = []
     for c in norms:
         pts = sorted((p for p in points if p["max_grad_norm"] in (c, None)), key=lambda p: p["epsilon"])
         eps = ", ".join(_eps_label(p["epsilon"]) for p in pts)
-        where = "" if c is None or len(norms) == 1 else f" (C = {c:g})"
+        where = "" if c is None or len(norms) == 1 else f" ({clipping_text(c)})"
         accs = [p["test_accuracy"] for p in pts]
         # Binomial standard error of an accuracy on n_test held-out examples, or the seeds' spread if larger.
         noise = [max(p["test_accuracy_sd"] or 0.0, math.sqrt(a * (1 - a) / n_test) if a is not None and n_test else 0.0)
@@ -131,7 +132,7 @@ def sweep_document(data: Mapping[str, Any]) -> Document:
         header += [f"{name} AUC", f"{name} TPR @ 1% FPR", f"{name} ε lower bound"]
     rows = []
     for p in points:
-        row = [_eps_label(p["epsilon"]), "none (no DP)" if p["max_grad_norm"] is None else fmt_num(p["max_grad_norm"]),
+        row = [_eps_label(p["epsilon"]), clipping_text(p["max_grad_norm"]),
                "∞" if math.isinf(p["epsilon"]) else fmt_eps(p["achieved_epsilon"]),
                _mean_sd(p["test_accuracy"], p["test_accuracy_sd"], pct=True)]
         for name in attacks:

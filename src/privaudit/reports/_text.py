@@ -65,3 +65,25 @@ def verdict_sentence(audit: Mapping[str, Any]) -> str:
                 f"ε = {claimed}. The training does not give the privacy it claims: treat the claimed ε as false "
                 "until the implementation is fixed.")
     return f"{verdict or 'UNKNOWN'}: audit.json holds a verdict this report does not know how to read."
+
+
+#: The clipping key of a sweep point whose run let C adapt (Andrew et al. 2021) instead of fixing it.
+ADAPTIVE = "adaptive"
+
+
+def clipping_series(points: Any) -> list[Any]:
+    """The clipping keys of a sweep's DP points, fixed norms ascending then "adaptive"; [None] if none.
+
+    >>> clipping_series([{"max_grad_norm": 1.0}, {"max_grad_norm": "adaptive"}, {"max_grad_norm": 0.1},
+    ...                  {"max_grad_norm": None}])
+    [0.1, 1.0, 'adaptive']
+    """
+    keys = {p["max_grad_norm"] for p in points if p.get("max_grad_norm") is not None}
+    return sorted(k for k in keys if k != ADAPTIVE) + ([ADAPTIVE] if ADAPTIVE in keys else []) or [None]
+
+
+def clipping_text(c: Any) -> str:
+    """ "C = 0.5", "adaptive C", or "none (no DP)" for a sweep point's clipping key."""
+    if c is None:
+        return "none (no DP)"
+    return "adaptive C" if c == ADAPTIVE else f"C = {fmt_num(c)}"

@@ -13,6 +13,7 @@
 True
 """
 
+from ._adaptive import AdaptiveClipping as AdaptiveClipping
 from ._config import DPConfig as DPConfig
 from ._config import PrivacyBudgetExhaustedError as PrivacyBudgetExhaustedError
 from ._config import StepStats as StepStats
@@ -37,6 +38,7 @@ from ._validator import fix_module as fix_module
 from ._validator import validate_module as validate_module
 
 __all__ = [
+    "AdaptiveClipping",
     "DATASET_NAMES",
     "DEFAULT_RECIPE",
     "DPConfig",

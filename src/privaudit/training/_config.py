@@ -8,6 +8,7 @@ from typing import Any
 
 from .. import _validate
 from ..accounting import ACCOUNTANT_NAMES, DpEvent, dpsgd_event
+from ._adaptive import AdaptiveClipping, effective_noise_multiplier
 
 __all__ = ["CLIPPING_MODES", "DPConfig", "PrivacyBudgetExhaustedError", "StepStats", "auto_physical_batch_size"]
 
@@ -47,6 +48,8 @@ class DPConfig:
     accountant: str = "pld"
     target_delta: float = 1e-5
     target_epsilon: float | None = None
+    adaptive: AdaptiveClipping | None = None
+    count_noise_std: float | None = None
 
     def __post_init__(self) -> None:
         _validate.positive(noise_multiplier=self.noise_multiplier, max_grad_norm=self.max_grad_norm)
@@ -60,6 +63,16 @@ class DPConfig:
             raise ValueError(f"Expected clipping={self.clipping!r} in {list(CLIPPING_MODES)}.")
         if self.accountant not in ACCOUNTANT_NAMES:
             raise ValueError(f"Expected accountant={self.accountant!r} in {list(ACCOUNTANT_NAMES)}.")
+        if self.adaptive is not None:
+            if not isinstance(self.adaptive, AdaptiveClipping):
+                raise ValueError(f"Expected adaptive to be AdaptiveClipping or None, got {type(self.adaptive).__name__}.")
+            if self.clipping != "flat":
+                raise ValueError("Adaptive clipping follows a quantile of the flat per-example norm: use clipping='flat'.")
+            if self.count_noise_std is None:
+                raise ValueError("Expected count_noise_std in (0, inf) with adaptive clipping (got None).")
+            _validate.positive(count_noise_std=self.count_noise_std)
+        elif self.count_noise_std is not None:
+            raise ValueError("count_noise_std applies to adaptive clipping only (adaptive=None).")
 
     @property
     def expected_batch_size(self) -> float:
@@ -68,12 +81,20 @@ class DPConfig:
 
     @property
     def noise_std(self) -> float:
-        """Standard deviation of the noise added to the clipped sum: sigma * C."""
+        """Standard deviation of the noise added to the clipped sum: sigma * C (C: the initial norm
+        under adaptive clipping, where the std follows the current C)."""
         return self.noise_multiplier * self.max_grad_norm
+
+    @property
+    def accounted_noise_multiplier(self) -> float:
+        """sigma, or with adaptive clipping the one multiplier of the noisy sum and noisy count together."""
+        if self.adaptive is None or self.count_noise_std is None:
+            return self.noise_multiplier
+        return effective_noise_multiplier(self.noise_multiplier, self.count_noise_std)
 
     def dp_event(self, steps: int | None = None) -> DpEvent:
         """The event of `steps` steps (default: the planned `self.steps`)."""
-        return dpsgd_event(self.noise_multiplier, self.steps if steps is None else steps,
+        return dpsgd_event(self.accounted_noise_multiplier, self.steps if steps is None else steps,
                            sampling_rate=self.sampling_rate)
 
     def step_event(self) -> DpEvent:
@@ -100,6 +121,8 @@ class StepStats:
     grad_norm_mean: float  # mean per-example gradient norm before clipping (nan without DP)
     clipped_fraction: float  # share of examples whose gradient was scaled down
     noise_std: float  # std of the noise added to the clipped sum (0 without DP)
+    clipping_norm: float = math.nan  # C used in this step (changes under adaptive clipping; nan without DP)
+    noisy_unclipped_fraction: float | None = None  # released by adaptive clipping (private), else None
 
 
 def _tail(m: float, mean: float, sd: float) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from collections.abc import Callable
 from typing import Any
@@ -13,6 +14,7 @@ from torch.utils.data import TensorDataset
 
 from .. import _validate
 from ..accounting import PrivacyLedger, calibrate_noise_multiplier, sampling_rate_and_steps
+from ._adaptive import AdaptiveClipping, default_count_noise_std, update_noise_multiplier
 from ._config import CLIPPING_MODES, DPConfig, auto_physical_batch_size
 from ._distributed import DistContext, random_seed, tensor_digest
 from ._noise import GaussianNoise, make_generators
@@ -66,6 +68,7 @@ def make_private(
     device: str | torch.device | None = None,
     no_dp: bool = False,
     distributed: bool | None = None,
+    adaptive_clipping: AdaptiveClipping | None = None,
 ) -> PrivateTrainer:
     """Wraps a module, its optimizer and its data into a DP-SGD trainer.
 
@@ -99,6 +102,14 @@ def make_private(
             every global Poisson batch, the clipped sums are all-reduced and rank 0 alone
             adds the noise (see `privaudit.training._distributed`). Parameters and buffers
             are broadcast from rank 0 here, and every step keeps them identical.
+        adaptive_clipping: let C follow a quantile of the per-example gradient norms
+            (Andrew et al. 2021): `max_grad_norm` is the initial C; each step also releases
+            the count of unclipped examples with noise N(0, sigma_b^2) (sigma_b: the
+            setting's, or qN / 20) and moves C geometrically. The update noise sigma
+            (`noise_multiplier`, or calibrated) then costs, with the count, what one Gaussian
+            mechanism of multiplier (sigma^-2 + (2 sigma_b)^-2)^(-1/2) costs; that is what
+            the ledger records, and calibration to `target_epsilon` solves for it. Flat
+            clipping only.
 
     Returns:
         A `PrivateTrainer`; `trainer.step()` takes one step, `trainer.epsilon()` reads the ledger.
@@ -168,21 +179,32 @@ def make_private(
                          f"noise_multiplier={noise_multiplier!r}, target_epsilon={target_epsilon!r}).")
     _validate.in_range(0.0, 1.0, lo_open=True, hi_open=True, target_delta=target_delta)
     validate_module(module)
+    if adaptive_clipping is not None and not isinstance(adaptive_clipping, AdaptiveClipping):
+        raise ValueError("Expected adaptive_clipping to be privaudit.training.AdaptiveClipping or None, got "
+                         f"{type(adaptive_clipping).__name__}.")
+    sigma_b = None if adaptive_clipping is None else default_count_noise_std(adaptive_clipping, q * n)
     if target_epsilon is not None:
         _validate.positive(target_epsilon=target_epsilon)
         noise_multiplier = calibrate_noise_multiplier(target_epsilon=target_epsilon, target_delta=target_delta,
                                                       sampling_rate=q, steps=steps, accountant=accountant)
+        if sigma_b is not None:  # the calibrated multiplier covers sum and count together
+            noise_multiplier = update_noise_multiplier(noise_multiplier, sigma_b)
     # Distributed, each rank sees about 1/W of every batch: size its passes for that share.
     pbs = physical_batch_size or auto_physical_batch_size(expected_batch_size=q * n / world,
                                                           dataset_size=math.ceil(n / world), sampling_rate=q)
     config = DPConfig(noise_multiplier=float(noise_multiplier), max_grad_norm=float(max_grad_norm),
                       sampling_rate=q, dataset_size=n, steps=steps, clipping=clipping, physical_batch_size=pbs,
                       accountant=accountant, target_delta=float(target_delta),
-                      target_epsilon=None if target_epsilon is None else float(target_epsilon))
-    ledger.metadata.setdefault("training", {
+                      target_epsilon=None if target_epsilon is None else float(target_epsilon),
+                      adaptive=adaptive_clipping, count_noise_std=sigma_b)
+    training_record = {
         "sampler": "poisson", "dataset_size": n, "sampling_rate": q, "noise_multiplier": config.noise_multiplier,
         "max_grad_norm": config.max_grad_norm, "clipping": clipping, "planned_steps": steps,
-        "rng": record.to_dict()})
+        "rng": record.to_dict()}
+    if adaptive_clipping is not None:
+        training_record["adaptive_clipping"] = {**dataclasses.asdict(adaptive_clipping), "count_noise_std": sigma_b,
+                                                "accounted_noise_multiplier": config.accounted_noise_multiplier}
+    ledger.metadata.setdefault("training", training_record)
     sampler = PoissonSampler(num_examples=n, sampling_rate=q, generator=sampler_gen)
     _join(ctx, module, optimizer, inputs, targets, sampler_gen, device, config.to_dict())
     # Distributed, rank 0 alone holds the noise source: the noise enters the all-reduced sum once.

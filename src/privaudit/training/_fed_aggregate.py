@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-import math
 from typing import Any
 
 import numpy as np
@@ -24,6 +23,8 @@ import torch
 from .. import _validate
 from ..accounting import (DpEvent, GaussianEvent, NoOpEvent, PoissonSampledEvent, PrivacyLedger,
                           SampledWithoutReplacementEvent)
+from ._adaptive import AdaptiveClipping, default_count_noise_std, effective_noise_multiplier, next_clipping_norm
+from ._adaptive import update_noise_multiplier as update_noise_multiplier
 
 __all__ = ["AdaptiveClipping", "Aggregator", "DpFedAvg", "DpRoundStats", "FedAvg", "clip_updates",
            "effective_noise_multiplier", "update_noise_multiplier"]
@@ -120,61 +121,6 @@ def clip_updates(updates: torch.Tensor, clipping_norm: float) -> tuple[torch.Ten
     return updates * factors.to(updates.dtype)[:, None], norms
 
 
-def effective_noise_multiplier(noise_multiplier: float, count_noise_std: float) -> float:
-    """The one Gaussian mechanism that a round of adaptive clipping amounts to.
-
-    The update sum (sensitivity S, noise sigma*S) and the count of unclipped
-    clients (each contributes b - 1/2, sensitivity 1/2, noise sigma_b) are two
-    Gaussian queries on the same clients; together they are the Gaussian
-    mechanism with multiplier (sigma^-2 + (2 sigma_b)^-2)^(-1/2) (Andrew et al.
-    2021, arXiv 1905.03871, Sec. 3).
-
-    >>> round(effective_noise_multiplier(1.0, 10.0), 6)
-    0.998752
-    """
-    _validate.positive(noise_multiplier=noise_multiplier, count_noise_std=count_noise_std)
-    return (noise_multiplier ** -2 + (2.0 * count_noise_std) ** -2) ** -0.5
-
-
-def update_noise_multiplier(total_noise_multiplier: float, count_noise_std: float) -> float:
-    """The update noise sigma whose round, with count noise sigma_b, costs `total_noise_multiplier`.
-
-    Inverts `effective_noise_multiplier`: sigma = (z^-2 - (2 sigma_b)^-2)^(-1/2), which needs 2 sigma_b > z.
-    """
-    _validate.positive(total_noise_multiplier=total_noise_multiplier, count_noise_std=count_noise_std)
-    rest = total_noise_multiplier ** -2 - (2.0 * count_noise_std) ** -2
-    if rest <= 0:
-        raise ValueError(f"Expected count_noise_std={count_noise_std!r} > total_noise_multiplier / 2 = "
-                         f"{total_noise_multiplier / 2:g}: the count alone would cost more than the budget "
-                         "(raise count_noise_std, or the noise budget).")
-    return rest ** -0.5
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class AdaptiveClipping:
-    """Clipping norm that tracks a quantile of the update norms (Andrew et al. 2021, arXiv 1905.03871, Alg. 1).
-
-    After each round, C <- C * exp(-learning_rate * (b - target_quantile)), where
-    b is the noisy fraction of clients whose update norm was at most C.
-
-    Args:
-        target_quantile: gamma in (0, 1), the fraction of updates to leave unclipped (0.5: the median).
-        learning_rate: eta_C > 0 of the geometric update (the paper recommends 0.2).
-        count_noise_std: sigma_b, the std of the noise on the count; None picks the
-            paper's expected number of clients per round / 20.
-    """
-
-    target_quantile: float = 0.5
-    learning_rate: float = 0.2
-    count_noise_std: float | None = None
-
-    def __post_init__(self) -> None:
-        _validate.in_range(0.0, 1.0, lo_open=True, hi_open=True, target_quantile=self.target_quantile)
-        _validate.positive(learning_rate=self.learning_rate)
-        if self.count_noise_std is not None:
-            _validate.positive(count_noise_std=self.count_noise_std)
-
-
 @dataclasses.dataclass(frozen=True)
 class DpRoundStats:
     """One DP round: the norm used, the released noisy fraction, and (not private) the true one."""
@@ -256,8 +202,8 @@ class DpFedAvg(Aggregator):
         self.sampling_rate = None if sampling_rate is None else float(sampling_rate)
         self.clients_per_round = None if clients_per_round is None else int(clients_per_round)
         self.adaptive = adaptive
-        self.count_noise_std = (None if adaptive is None else adaptive.count_noise_std
-                                if adaptive.count_noise_std is not None else self.expected_clients / 20.0)
+        self.count_noise_std = (None if adaptive is None
+                                else default_count_noise_std(adaptive, self.expected_clients))
         self.rng = rng
         self.clipping_norm = float(clipping_norm)
         self.ledger = PrivacyLedger(neighboring_relation=relation) if ledger is None else ledger
@@ -294,8 +240,7 @@ class DpFedAvg(Aggregator):
             b = (norms <= s).double() - 0.5
             count = float(b.sum()) + float(self.rng.standard_normal()) * self.count_noise_std
             noisy_fraction = count / self.expected_clients + 0.5
-            self.clipping_norm = s * math.exp(-self.adaptive.learning_rate
-                                              * (noisy_fraction - self.adaptive.target_quantile))
+            self.clipping_norm = next_clipping_norm(s, noisy_fraction, self.adaptive)
         self.ledger.record(self.round_event())
         k = int(updates.shape[0])
         self.last_round = DpRoundStats(clipping_norm=s, noise_std=self.noise_multiplier * s,

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ._data import Dataset, load_dataset
+from ._adaptive import default_count_noise_std
 from ._fed_aggregate import AdaptiveClipping, Aggregator, DpFedAvg, FedAvg, update_noise_multiplier
 from ._fed_local import LocalTraining
 from ._fed_partition import Partition, partition_by_owner, partition_dirichlet, partition_iid
@@ -119,7 +120,7 @@ def build_server(s: FederatedSettings, fed: Federation) -> ServerSide:
     m = sampler.expected_clients
     adaptive = (AdaptiveClipping(target_quantile=s.target_quantile, learning_rate=s.clip_learning_rate,
                                  count_noise_std=s.count_noise_std) if s.adaptive_clip else None)
-    sigma_b = None if adaptive is None else (s.count_noise_std if s.count_noise_std is not None else m / 20.0)
+    sigma_b = None if adaptive is None else default_count_noise_std(adaptive, m)
     sigma = _noise(s, fed.partition, fed.local.steps, m, sigma_b)
     aggregator: Aggregator = FedAvg(server_lr=s.server_lr, server_momentum=s.server_momentum)
     sample_dp, accounted = None, sigma

@@ -36,6 +36,7 @@ from torch import nn
 
 from .. import _validate, __version__
 from ..accounting import ACCOUNTANT_NAMES
+from ._adaptive import AdaptiveClipping
 from ._data import Dataset, load_dataset
 from ._distributed import DistContext, init_distributed, launched_by_torchrun
 from ._engine import PrivateTrainer, make_private
@@ -75,6 +76,10 @@ class TrainSettings:
     delta: float = 1e-5
     no_dp: bool = False
     clipping: str = "flat"
+    adaptive_clip: bool = False
+    target_quantile: float = 0.5
+    clip_learning_rate: float = 0.2
+    count_noise_std: float | None = None
     accountant: str = "pld"
     physical_batch_size: int | None = None
     seed: int = 0
@@ -114,6 +119,15 @@ class TrainSettings:
         if self.target_epsilon is not None:
             _validate.positive(target_epsilon=self.target_epsilon)
         _validate.device_name(device=self.device)
+        self.adaptive_clipping()  # validates target_quantile, clip_learning_rate, count_noise_std
+        if self.adaptive_clip and (self.no_dp or self.clipping != "flat"):
+            raise ValueError("adaptive_clip needs DP training with clipping='flat'.")
+
+    def adaptive_clipping(self) -> AdaptiveClipping | None:
+        """The adaptive clipping rule (Andrew et al. 2021) when `adaptive_clip`, else None."""
+        rule = AdaptiveClipping(target_quantile=self.target_quantile, learning_rate=self.clip_learning_rate,
+                                count_noise_std=self.count_noise_std)
+        return rule if self.adaptive_clip else None
 
     def expected_batch_size(self, n_train: int) -> int:
         """The expected (logical) batch q*N: `batch_size`, or the recipe's sampling rate times N."""
@@ -340,6 +354,7 @@ def _train_job(s: TrainSettings, *, resume: bool, on_step: Callable[[PrivateTrai
         noise_multiplier=s.noise_multiplier, target_epsilon=s.target_epsilon, target_delta=s.delta,
         physical_batch_size=s.physical_batch_size, clipping=s.clipping, accountant=s.accountant,
         seed=None if s.secure_rng else s.seed, secure_rng=s.secure_rng, device=device, no_dp=s.no_dp,
+        adaptive_clipping=s.adaptive_clipping(),
         distributed=dist_ctx is not None)
     start_epoch = 0
     if resume:
@@ -427,6 +442,7 @@ def _train_job(s: TrainSettings, *, resume: bool, on_step: Callable[[PrivateTrai
             "epsilon": eps if math.isfinite(eps) else None, "delta": s.delta,
             "private": not s.no_dp, "noise_multiplier": result.noise_multiplier,
             "max_grad_norm": None if s.no_dp else s.max_grad_norm,
+            **({"final_clipping_norm": trainer.clipping_norm} if s.adaptive_clip else {}),
             "sampling_rate": None if trainer.config is None else trainer.config.sampling_rate,
             "accountant": s.accountant, "test_accuracy": te_acc, "train_seconds": seconds,
             "n_train": ds.n_train, "n_test": ds.n_test})

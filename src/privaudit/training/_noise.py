@@ -89,13 +89,15 @@ class GaussianNoise:
         self.std = float(std)
         self.generator = generator
 
-    def add_(self, tensors: Iterable[torch.Tensor]) -> None:
-        """Adds fresh noise in place to each tensor (one draw per coordinate)."""
-        if self.std == 0.0:
+    def add_(self, tensors: Iterable[torch.Tensor], *, std: float | None = None) -> None:
+        """Adds fresh noise in place to each tensor (one draw per coordinate); `std` overrides
+        the configured std for this call (adaptive clipping scales it with the current C)."""
+        std = self.std if std is None else float(std)
+        if std == 0.0:
             return
         for t in tensors:
             z = torch.randn(t.shape, generator=self.generator, device=t.device, dtype=t.dtype)
-            t.add_(z, alpha=self.std)
+            t.add_(z, alpha=std)
 
     def state_dict(self) -> dict[str, Any]:
         return {"std": self.std, "generator": self.generator.get_state()}

@@ -26,6 +26,7 @@ from torch import nn
 
 from .. import _validate
 from ..accounting import PrivacyLedger, make_accountant
+from ._adaptive import next_clipping_norm
 from ._clipping import GradCapture, clip_and_accumulate
 from ._config import DPConfig, PrivacyBudgetExhaustedError, StepStats
 from ._distributed import DistContext
@@ -73,6 +74,10 @@ class PrivateTrainer:
         self._params = [p for p in module.parameters() if p.requires_grad]
         self._capture = GradCapture(module) if config is not None else None
         self._acc = [torch.zeros_like(p) for p in self._params] if config is not None else []
+        #: The clipping norm of the next step: fixed, or adapted after every step (`DPConfig.adaptive`).
+        self.clipping_norm = math.nan if config is None else config.max_grad_norm
+        self._sum_hooks: list[Callable[[list[torch.Tensor], float], None]] = []
+        self._release_hooks: list[Callable[[list[torch.Tensor]], None]] = []
 
     # -- public -------------------------------------------------------------------
     @property
@@ -96,6 +101,33 @@ class PrivateTrainer:
     def world_size(self) -> int:
         """Processes sharing each step (1 without distributed training)."""
         return 1 if self.dist is None else self.dist.world_size
+
+    @property
+    def parameters(self) -> list[nn.Parameter]:
+        """The trainable parameters, in the order of every gradient list the hooks receive."""
+        return list(self._params)
+
+    @property
+    def clipping_units(self) -> list[Any]:
+        """The engine's clipping units (each a layer and its `params` dict); private runs only."""
+        return [] if self._capture is None else list(self._capture.units)
+
+    def add_sum_hook(self, hook: Callable[[list[torch.Tensor], float], None]) -> Callable[[], None]:
+        """Calls `hook(clipped_sum, clipping_norm)` every private step, before the noise is added.
+
+        `clipped_sum` is the list of per-parameter sums (in `parameters` order) that the noise
+        is about to be added to; the hook may add to it in place (a privacy audit adds its
+        canaries' clipped gradients here, as extra rows of the batch). Distributed, it runs on
+        rank 0 only, where the noise is added. Returns a function that removes the hook.
+        """
+        self._sum_hooks.append(hook)
+        return lambda: self._sum_hooks.remove(hook)
+
+    def add_release_hook(self, hook: Callable[[list[torch.Tensor]], None]) -> Callable[[], None]:
+        """Calls `hook(noisy_sum)` every private step with the noisy clipped sum (all ranks'), before
+        the division by q*N: what DP-SGD releases. The hook must not modify it. Returns a remover."""
+        self._release_hooks.append(hook)
+        return lambda: self._release_hooks.remove(hook)
 
     def epsilon(self, delta: float | None = None) -> float:
         """Epsilon spent so far (everything in the ledger) at `delta` (default: the target delta).
@@ -174,6 +206,7 @@ class PrivateTrainer:
         out = dict(zip(self._params, self._acc))
         num_layers = len(self._capture.units)
         # Statistics stay on the device until the end of the step (no per-batch sync).
+        c = self.clipping_norm
         loss_sum = torch.zeros((), device=self.device)
         norm_sum = torch.zeros((), device=self.device)
         clipped = torch.zeros((), device=self.device)
@@ -185,12 +218,12 @@ class PrivateTrainer:
                 # Padding rows get loss weight 0, so their output gradients are exactly 0.
                 loss = (losses * mask.to(losses.dtype)).sum()
             self._capture.backward(loss)
-            res = clip_and_accumulate(self._capture.unit_grads(), max_grad_norm=cfg.max_grad_norm,
+            res = clip_and_accumulate(self._capture.unit_grads(), max_grad_norm=c,
                                       clipping=cfg.clipping, num_layers=num_layers, mask=mask, out=out)
             self._capture.release()
             loss_sum += loss.detach()
             norm_sum += (res.norms * mask).sum()
-            clipped += ((res.norms > cfg.max_grad_norm) & mask).sum()
+            clipped += ((res.norms > c) & mask).sum()
         # Gaussian noise N(0, sigma^2 C^2) added once to the clipped sum (Abadi et al. 2016,
         # arXiv 1607.00133v2, Alg. 1, "Add noise"), then division by the *expected* batch
         # size q*N rather than the realised one: the fixed-denominator estimator of
@@ -199,12 +232,29 @@ class PrivateTrainer:
         # Distributed: only rank 0 holds a noise source, and it adds the noise to its
         # partial sum *before* the SUM over ranks, so the reduced sum, which every rank
         # then uses, holds the noise exactly once.
+        b = int(indices.numel())
+        count_noise = torch.zeros((), device=self.device)
         if self._noise is not None:
-            self._noise.add_(self._acc)
+            for hook in self._sum_hooks:
+                hook(self._acc, c)
+            self._noise.add_(self._acc, std=cfg.noise_multiplier * c)
+            if cfg.adaptive is not None:
+                # Adaptive clipping (Andrew et al. 2021, arXiv 1905.03871, Alg. 1): the count of
+                # unclipped examples, each counted as b_i - 1/2 (sensitivity 1/2), gets N(0, sigma_b^2).
+                count_noise = torch.randn((), generator=self._noise.generator, device=self.device,
+                                          dtype=torch.float64).to(loss_sum.dtype) * cfg.count_noise_std
         if self.dist is not None:
-            stats = torch.stack([loss_sum, norm_sum, clipped.to(loss_sum.dtype)])
+            stats = torch.stack([loss_sum, norm_sum, clipped.to(loss_sum.dtype), count_noise])
             self.dist.all_reduce_sum_([*self._acc, stats])
-            loss_sum, norm_sum, clipped = stats.unbind()
+            loss_sum, norm_sum, clipped, count_noise = stats.unbind()
+        for release in self._release_hooks:
+            release(self._acc)
+        noisy_fraction = None
+        if cfg.adaptive is not None:
+            assert cfg.count_noise_std is not None
+            unclipped_minus_half = (b - float(clipped)) - 0.5 * b
+            noisy_fraction = (unclipped_minus_half + float(count_noise)) / cfg.expected_batch_size + 0.5
+            self.clipping_norm = next_clipping_norm(c, noisy_fraction, cfg.adaptive)
         scale = 1.0 / cfg.expected_batch_size
         for p, a in zip(self._params, self._acc):
             p.grad = a.mul_(scale)
@@ -213,11 +263,11 @@ class PrivateTrainer:
         for p in self._params:
             p.grad = None
         self._steps += 1
-        b = int(indices.numel())
         return StepStats(step=self._steps, batch_size=b, physical_batches=n_phys,
                          loss=float(loss_sum) / b if b else math.nan,
                          grad_norm_mean=float(norm_sum) / b if b else math.nan,
-                         clipped_fraction=float(clipped) / b if b else 0.0, noise_std=cfg.noise_std)
+                         clipped_fraction=float(clipped) / b if b else 0.0, noise_std=cfg.noise_multiplier * c,
+                         clipping_norm=c, noisy_unclipped_fraction=noisy_fraction)
 
     def _non_private_step(self, indices: torch.Tensor) -> StepStats:
         b = int(indices.numel())
@@ -255,6 +305,7 @@ class PrivateTrainer:
             "noise": None if self._noise is None else self._noise.state_dict(),
             "steps_taken": self._steps,
             "planned_steps": self.planned_steps,
+            "clipping_norm": self.clipping_norm,
             "config": None if self.config is None else self.config.to_dict(),
             "ledger": self.ledger.to_dict(),
         }
@@ -285,6 +336,8 @@ class PrivateTrainer:
                                  "than 0?); resume from rank 0's checkpoint.")
             self._noise.load_state_dict(state["noise"])
         self._steps = int(state["steps_taken"])
+        if self.config is not None:
+            self.clipping_norm = float(state.get("clipping_norm", self.config.max_grad_norm))
 
 
 def _without_pbs(config: dict[str, Any]) -> dict[str, Any]:
