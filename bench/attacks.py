@@ -1,16 +1,19 @@
 """Shadow-model training: K models side by side (vectorised) vs a loop of K engine trainings.
 
 Both train the same K models on the same digits population (1,797 examples,
-each model on its own random half, as `run_attack` does): same model, epochs,
-batch size, optimiser (SGD, momentum 0.9) and seeds. The sequential baseline is
-`make_private(...).run()` once per model, the engine `privaudit train` uses;
-the vectorised one is `train_shadows`. The two give the same parameters (see
+each model on its own random half, as `run_attack` does) with the default
+recipe's settings (`DEFAULT_RECIPE`: Adam, expected batch N_k / 6, MLP 256 tanh;
+DP-SGD with its C and sigma = 1): same model, epochs, batch size, optimiser and
+seeds. The sequential baseline is `make_private(...).run()` once per model, the
+engine `privaudit train` uses; the vectorised one is `train_shadows`, timed with
+its default backend ("auto": batched matrix products for these plain MLPs) and
+with the generic `torch.func.vmap` backend. All give the same parameters (see
 tests/attacks/test_shadows.py); only the wall time differs.
 
 Reported: seconds per epoch of all K models (wall time / epochs), the best of
 `--repeats` timed runs after one untimed warm-up; the speedup is sequential /
-vectorised. The sequential K=64 case runs fewer epochs (`--seq64-epochs`) to
-stay quick; time per epoch is what is compared.
+vectorised. Every arm trains the same number of epochs unless `--seq64-epochs`
+shortens the sequential K=64 runs; time per epoch is what is compared.
 
     python bench/attacks.py                      # CPU, writes reports/benchmarks/attacks.md
     python bench/attacks.py --device cuda --threads 0 --out reports/benchmarks/attacks-cuda.md
@@ -19,6 +22,7 @@ stay quick; time per epoch is what is compared.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
 import subprocess
@@ -33,10 +37,11 @@ from torch import nn
 from privaudit.attacks._shadows import ShadowConfig, assign_membership, shadow_seeds, train_shadows
 from privaudit.training import build_model, make_private
 from privaudit.training._data import load_dataset
+from privaudit.training._recipe import DEFAULT_RECIPE
 
 from _machine import cpu_model  # bench/_machine.py (scripts run as python bench/NAME.py)
 
-MODELS = {"logreg": {}, "mlp": {"hidden": 256}}
+MODELS = {"logreg": {}, "mlp": dict(DEFAULT_RECIPE.model_kwargs)}
 
 
 def _population() -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,10 +64,14 @@ def _sequential(cfg: ShadowConfig, name: str, x, y, membership, seeds, device) -
         torch.manual_seed(seed)
         model = fn(seed).to(device)
         rows = np.flatnonzero(membership[k])
+        optimizer = (torch.optim.Adam(model.parameters(), lr=cfg.lr) if cfg.optimizer == "adam"
+                     else torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum))
+        batch = (max(1, min(len(rows), round(cfg.sampling_rate * len(rows)))) if cfg.sampling_rate is not None
+                 else min(cfg.batch_size, len(rows)))  # as train_shadows: the run's rate times N_k
         trainer = make_private(
-            module=model, optimizer=torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum),
+            module=model, optimizer=optimizer,
             data=(x[rows], y[rows]), loss_fn=nn.CrossEntropyLoss(), epochs=cfg.epochs,
-            expected_batch_size=min(cfg.batch_size, len(rows)), max_grad_norm=None if cfg.no_dp else cfg.max_grad_norm,
+            expected_batch_size=batch, max_grad_norm=None if cfg.no_dp else cfg.max_grad_norm,
             noise_multiplier=cfg.noise_multiplier, seed=seed, no_dp=cfg.no_dp, device=device)
         trainer.run()
         trainer.close()
@@ -115,52 +124,73 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: leave torch's default)")
     parser.add_argument("--epochs", type=float, default=4.0)
-    parser.add_argument("--seq64-epochs", type=float, default=2.0, help="epochs of the sequential K=64 runs")
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--seq64-epochs", type=float, default=None,
+                        help="epochs of the sequential K=64 runs (default: --epochs)")
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--ks", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--no-vmap", action="store_true", help="skip the vmap-backend arm")
     parser.add_argument("--out", default="reports/benchmarks/attacks.md")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     x, y = _population()
+    r = DEFAULT_RECIPE
+    backends = ["auto"] + ([] if args.no_vmap else ["vmap"])
     rows = []
+    started = time.perf_counter()
     for model in args.models:
         for dp in (False, True):
             for k in args.ks:
                 membership = assign_membership(num_models=k, num_examples=len(y), seed=0)
                 seeds = shadow_seeds(num_models=k, seed=0)
-                common = dict(batch_size=args.batch_size, lr=0.1 if not dp else 2.0, momentum=0.9, no_dp=not dp,
-                              max_grad_norm=0.1 if dp else None, noise_multiplier=1.0 if dp else None)
-                seq_epochs = args.seq64_epochs if k >= 64 else args.epochs
+                common = dict(batch_size=1, sampling_rate=r.sampling_rate, optimizer=r.optimizer, lr=r.lr,
+                              no_dp=not dp, max_grad_norm=r.max_grad_norm if dp else None,
+                              noise_multiplier=1.0 if dp else None)
+                seq_epochs = args.seq64_epochs if k >= 64 and args.seq64_epochs else args.epochs
                 warm = ShadowConfig(epochs=0.5, **common)
-                _vectorised(warm, model, x, y, membership[:2], seeds[:2], args.device)
+                for b in backends:
+                    _vectorised(dataclasses.replace(warm, backend=b), model, x, y, membership[:2], seeds[:2],
+                                args.device)
                 _sequential(warm, model, x, y, membership[:1], seeds[:1], args.device)
-                vec = seq = float("inf")
-                for _ in range(args.repeats):  # alternated, so that both see the same machine load
-                    vec = min(vec, _time(lambda: _vectorised(ShadowConfig(epochs=args.epochs, **common), model, x, y,
-                                                             membership, seeds, args.device), 1, args.device))
-                    seq = min(seq, _time(lambda: _sequential(ShadowConfig(epochs=seq_epochs, **common), model, x, y,
-                                                             membership, seeds, args.device), 1, args.device))
-                vec, seq = vec / args.epochs, seq / seq_epochs
+                vec = {b: float("inf") for b in backends}
+                seq = float("inf")
+                for _ in range(args.repeats):  # alternated, so that every arm sees the same machine load
+                    for b in backends:
+                        cfg = ShadowConfig(epochs=args.epochs, backend=b, **common)
+                        vec[b] = min(vec[b], _time(lambda: _vectorised(cfg, model, x, y, membership, seeds,
+                                                                       args.device), 1, args.device))
+                    cfg = ShadowConfig(epochs=seq_epochs, **common)
+                    seq = min(seq, _time(lambda: _sequential(cfg, model, x, y, membership, seeds, args.device), 1,
+                                         args.device))
+                vec = {b: v / args.epochs for b, v in vec.items()}
+                seq /= seq_epochs
                 rows.append((model, "DP-SGD" if dp else "no DP", k, args.epochs, seq_epochs, seq, vec))
                 print(f"{model:7s} {'dp' if dp else 'nodp':5s} K={k:3d}  sequential {seq:8.3f} s/epoch  "
-                      f"vectorised {vec:8.3f} s/epoch  speedup {seq / vec:5.2f}x", flush=True)
+                      + "  ".join(f"{b} {v:8.3f} s/epoch ({seq / v:5.2f}x)" for b, v in vec.items()), flush=True)
+    minutes = (time.perf_counter() - started) / 60
+    hidden = dict(r.model_kwargs)
     lines = ["# Shadow-model training: vectorised vs sequential", "",
-             "Generated by `python bench/attacks.py " + " ".join(sys.argv[1:]) + "`.", "",
+             "Generated by `python bench/attacks.py " + " ".join(sys.argv[1:]) + f"` ({minutes:.1f} min).", "",
              "K models of one architecture on the digits population (1,797 examples; each model trains on its own",
-             "random half, ~898 examples), SGD with momentum 0.9, expected batch "
-             f"{args.batch_size}. DP-SGD: sigma = 1, C = 0.1, Poisson",
-             "sampling, flat clipping (the vectorised path uses ghost norms for these all-Linear models). Sequential =",
-             "`make_private(...).run()` per model (the engine); vectorised = `train_shadows` (one vmap over models).",
-             "Both produce the same parameters (tests/attacks/test_shadows.py). Time = seconds per epoch of all K",
+             "random half, ~898 examples) with the default recipe's optimiser and batch rule: "
+             f"{r.optimizer.capitalize()} lr {r.lr:g}, expected batch",
+             f"N_k / {1 / r.sampling_rate:g} (~150). mlp = 64-{hidden['hidden']}-10 {hidden['activation']}; "
+             "logreg = 64-10. DP-SGD: sigma = 1, "
+             f"C = {r.max_grad_norm:g}, Poisson sampling, flat clipping (ghost norms). "
+             "Sequential = `make_private(...).run()` per",
+             "model (the engine); vectorised = `train_shadows`, with its default backend (auto = batched matrix "
+             "products and a hand-written backward pass for these plain MLPs) and with the generic "
+             "`torch.func.vmap` backend (the path every model took before; it shares this version's in-place "
+             "optimiser and noise code).",
+             "All produce the same parameters (tests/attacks/test_shadows.py). Time = seconds per epoch of all K",
              f"models, best of {args.repeats} alternated runs after a warm-up; speedup = sequential / vectorised.", "",
              "| model | training | K | epochs timed (vectorised / sequential) | sequential s/epoch | "
-             "vectorised s/epoch | speedup |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+             + " | ".join(f"vectorised {b} s/epoch | speedup {b}" for b in backends) + " |",
+             "| --- | --- | ---: | ---: | ---: | " + " | ".join("---: | ---:" for _ in backends) + " |"]
     for model, mode, k, ve, se, seq, vec in rows:
-        lines.append(f"| {model} | {mode} | {k} | {ve:g} / {se:g} | {seq:.3f} | {vec:.3f} | {seq / vec:.2f}x |")
+        lines.append(f"| {model} | {mode} | {k} | {ve:g} / {se:g} | {seq:.3f} | "
+                     + " | ".join(f"{v:.3f} | {seq / v:.2f}x" for v in vec.values()) + " |")
     lines += ["", "Machine:", "", *_machine(args.device, args.threads), ""]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

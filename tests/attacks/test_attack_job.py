@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from privaudit.attacks import AttackInputs, evaluate_attacks, run_attack
+from privaudit.attacks import AttackInputs, evaluate_attacks, roc_curve, run_attack
 from privaudit.attacks._shadow_cache import ShadowCache
 from privaudit.training._job import TrainSettings, train_job
 
@@ -51,8 +51,25 @@ def test_attack_json_has_the_documented_keys(nodp):
         bound = entry["epsilon_lower_bound"]
         assert set(bound) >= {"value", "alpha", "delta", "method"} and bound["value"] >= 0
         assert entry["auc"] == pytest.approx(report.results[name].metrics.auc)
+        _check_stored_roc(entry, report.results[name].roc)
     assert (nodp / "attack_roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert data["plot"] == "attack_roc.png"
+
+
+def _trapezoid(fpr, tpr):
+    fpr, tpr = np.asarray(fpr), np.asarray(tpr)
+    return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1])) / 2)
+
+
+def _check_stored_roc(entry, full, *, exact=False):
+    """attack.json's ROC: at most 500 of the curve's own points, monotone, (0, 0) to (1, 1), area = AUC."""
+    fpr, tpr = entry["roc"]["fpr"], entry["roc"]["tpr"]
+    assert len(fpr) == len(tpr) <= 500 and entry["roc"]["points_total"] == len(full.fpr)
+    assert (fpr[0], tpr[0], fpr[-1], tpr[-1]) == (0.0, 0.0, 1.0, 1.0)
+    assert np.all(np.diff(fpr) >= 0) and np.all(np.diff(tpr) >= 0)
+    own = set(zip(full.fpr.tolist(), full.tpr.tolist()))
+    assert all(point in own for point in zip(fpr, tpr))  # nothing interpolated
+    assert _trapezoid(fpr, tpr) == pytest.approx(entry["auc"], abs=1e-12 if exact else 2e-3)
 
 
 def test_shadows_are_cached_and_reused(nodp):
@@ -167,6 +184,10 @@ def test_npz_input(tmp_path):
                                            shadow_membership=arrays["shadow_membership"]), seed=0)
     for name in ATTACKS:
         np.testing.assert_array_equal(direct[name].scores, report.results[name].scores)
+        # 400 examples: at most 401 distinct thresholds, so the whole curve is stored and its area is the AUC.
+        full = roc_curve(scores=report.results[name].scores, membership=arrays["membership"])
+        assert len(data["attacks"][name]["roc"]["fpr"]) == len(full.fpr)
+        _check_stored_roc(data["attacks"][name], full, exact=True)
 
 
 def test_npz_without_shadows_runs_loss_only(tmp_path):

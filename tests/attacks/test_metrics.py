@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from scipy.stats import beta
 
-from privaudit.attacks import attack_metrics, empirical_epsilon, roc_auc, roc_curve, tpr_at_fpr
+from privaudit.attacks import attack_metrics, downsample_roc, empirical_epsilon, roc_auc, roc_curve, tpr_at_fpr
 
 # --- loop oracles -------------------------------------------------------------------------
 
@@ -118,6 +118,58 @@ def test_advantage_and_balanced_accuracy_match_loop(data, scores):
     assert m.advantage == pytest.approx(max(tp / p - fp / n for _, tp, fp in points), abs=1e-12)
     assert m.balanced_accuracy == pytest.approx(max((tp / p + 1 - fp / n) / 2 for _, tp, fp in points), abs=1e-12)
     assert m.auc == pytest.approx(_naive_auc(scores, membership), abs=1e-12)
+
+
+def _trapezoid(fpr, tpr):
+    return float(np.sum(np.diff(fpr) * (np.asarray(tpr[1:]) + np.asarray(tpr[:-1]))) / 2)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(2, 4000), shift=st.floats(-1, 3),
+       max_points=st.integers(2, 600), ties=st.booleans())
+def test_downsampled_roc_is_a_monotone_subset_with_the_extremes_and_the_auc(seed, n, shift, max_points, ties):
+    rng = np.random.default_rng(seed)
+    membership = rng.random(n) < 0.5
+    assume(membership.any() and not membership.all())
+    scores = rng.normal(size=n) + shift * membership
+    if ties:
+        scores = np.round(scores, 1)
+    full = roc_curve(scores=scores, membership=membership)
+    small = downsample_roc(full, max_points=max_points)
+    assert len(small.fpr) <= max(max_points, 2) and len(small.fpr) == min(len(full.fpr), len(small.fpr))
+    if len(full.fpr) <= max_points:
+        assert small is full
+    # Every kept point is one of the curve's own (threshold, TP, FP) points, in the curve's order.
+    index = {t: i for i, t in enumerate(full.thresholds.tolist())}
+    kept = [index[t] for t in small.thresholds.tolist()]
+    assert kept == sorted(set(kept)) and kept[0] == 0 and kept[-1] == len(full.fpr) - 1
+    np.testing.assert_array_equal(small.true_positives, full.true_positives[kept])
+    np.testing.assert_array_equal(small.false_positives, full.false_positives[kept])
+    assert (small.fpr[0], small.tpr[0], small.fpr[-1], small.tpr[-1]) == (0.0, 0.0, 1.0, 1.0)
+    assert (np.diff(small.fpr) >= 0).all() and (np.diff(small.tpr) >= 0).all()
+    # The trapezoid area under the kept points stays close to the AUC (exact when nothing is dropped).
+    auc = attack_metrics(scores=scores, membership=membership).auc
+    tolerance = 1e-12 if small is full else (0.01 if max_points >= 100 else 0.5)
+    assert _trapezoid(small.fpr, small.tpr) == pytest.approx(auc, abs=tolerance)
+
+
+def test_downsampled_roc_keeps_the_low_fpr_end():
+    # 100,000 examples: the log-log half of the budget keeps points below FPR 1e-3.
+    rng = np.random.default_rng(0)
+    membership = rng.random(100_000) < 0.5
+    scores = rng.normal(size=membership.size) + 1.5 * membership
+    full = roc_curve(scores=scores, membership=membership)
+    small = downsample_roc(full, max_points=500)
+    assert 400 <= len(small.fpr) <= 500  # points picked twice count once
+    assert ((small.fpr > 0) & (small.fpr < 1e-3)).sum() >= 20
+    assert _trapezoid(small.fpr, small.tpr) == pytest.approx(roc_auc(scores=scores, membership=membership), abs=1e-4)
+    # Log-log shape: on a grid of FPRs from 1e-4 to 1, the kept staircase is within 10% of the full one.
+    grid = np.logspace(-4, 0, 30)
+    full_at = full.tpr[np.searchsorted(full.fpr, grid, side="right") - 1]
+    small_at = small.tpr[np.searchsorted(small.fpr, grid, side="right") - 1]
+    np.testing.assert_allclose(small_at, full_at, rtol=0.1)
+    with pytest.raises(ValueError, match="max_points"):
+        downsample_roc(full, max_points=1)
 
 
 def test_tpr_at_fpr_never_interpolates():

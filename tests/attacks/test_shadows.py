@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from privaudit.attacks._model_signals import model_logits, stack_models, stacked_model_logits
+from privaudit.attacks._shadow_grads import StackedGrads, mlp_layers
 from privaudit.attacks._shadows import ShadowConfig, assign_membership, shadow_seeds, train_shadows
 from privaudit.training import build_model, make_private
 
@@ -78,6 +81,67 @@ def test_vectorised_training_equals_a_loop_of_engine_trainings(data, name):
         for n, p in oracle[k].items():
             torch.testing.assert_close(stacked[n][k], p, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(stacked["1.weight"][0], stacked["1.weight"][1])
+
+
+def _tanh_mlp(seed: int) -> nn.Module:
+    # The default recipe's model shape: two hidden layers here, to exercise the backward recursion.
+    return build_model("mlp", input_shape=(D,), num_classes=CLASSES, hidden=[8, 6], activation="tanh")
+
+
+@pytest.mark.parametrize("name", ["no_dp_adam", "dp_adam_rate", "dp_per_layer"])
+@pytest.mark.parametrize("backend", ["bmm", "vmap"])
+def test_both_backends_equal_a_loop_of_engine_trainings_for_tanh_mlps(data, name, backend):
+    # The bmm backend (hand-written backward pass) and the vmap one (autograd) both follow the engine.
+    x, y = data
+    cfg = dataclasses.replace(CONFIGS[name], backend=backend)
+    membership = assign_membership(num_models=K, num_examples=N, seed=4)
+    seeds = shadow_seeds(num_models=K, seed=4)
+    _, stacked = train_shadows(model_fn=_tanh_mlp, inputs=x, targets=y, membership=membership, seeds=seeds,
+                               config=cfg)
+    oracle = _sequential(cfg, x, y, membership, seeds, model_fn=_tanh_mlp)
+    for k in range(K):
+        for n, p in oracle[k].items():
+            torch.testing.assert_close(stacked[n][k], p, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["no_dp_adam", "dp_adam_rate"])
+def test_bmm_backend_in_groups_of_models_equals_all_models_at_once(data, name, monkeypatch):
+    from privaudit.attacks import _shadow_grads
+
+    x, y = data
+    membership = assign_membership(num_models=5, num_examples=N, seed=5)
+    seeds = shadow_seeds(num_models=5, seed=5)
+
+    def train():
+        return train_shadows(model_fn=_tanh_mlp, inputs=x, targets=y, membership=membership, seeds=seeds,
+                             config=dataclasses.replace(CONFIGS[name], backend="bmm"))[1]
+
+    whole = train()
+    monkeypatch.setattr(_shadow_grads, "GROUP_BYTES", 2 * 8 * 4 * 20)  # groups of 1-2 models
+    grouped = train()
+    for n in whole:
+        torch.testing.assert_close(grouped[n], whole[n], atol=1e-6, rtol=1e-6)
+
+
+def test_bmm_backend_is_chosen_for_plain_mlps_only():
+    sequence_model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Flatten(), nn.Linear(15, 2))
+    assert mlp_layers(_tanh_mlp(0)) == (True, [("1.weight", "1.bias", "tanh"), ("3.weight", "3.bias", "tanh"),
+                                               ("5.weight", "5.bias", None)])
+    assert mlp_layers(build_model("logreg", input_shape=(D,), num_classes=CLASSES)) == (
+        True, [("1.weight", "1.bias", None)])
+    assert mlp_layers(sequence_model) is None
+    assert mlp_layers(build_model("mlp", input_shape=(D,), num_classes=CLASSES, activation="gelu")) is None
+    assert mlp_layers(nn.Sequential(nn.Linear(4, 5), nn.ReLU())) is None  # ends in an activation
+
+    def grads(model, **kw):
+        return StackedGrads(model, buffers={}, max_grad_norm=1.0, clipping="flat", **kw)
+
+    assert grads(_tanh_mlp(0)).bmm is not None and grads(_tanh_mlp(0), backend="vmap").bmm is None
+    assert grads(_tanh_mlp(0), mode="materialize").bmm is None  # DP with materialised per-example gradients
+    assert grads(_tanh_mlp(0), mode="materialize", private=False).bmm is not None
+    assert grads(sequence_model).bmm is None
+    with pytest.raises(ValueError, match="backend='bmm' needs a plain MLP"):
+        grads(sequence_model, backend="bmm")
 
 
 def test_ghost_clipping_equals_materialised_per_example_gradients_on_sequences():
@@ -160,6 +224,7 @@ def test_hflip_queries_two_views_of_images():
     (dict(epochs=1, batch_size=8, lr=0.1, no_dp=True, noise_multiplier=1.0), "noise_multiplier=None"),
     (dict(epochs=1, batch_size=8, lr=0.1, no_dp=True, clipping="adaptive"), "clipping"),
     (dict(epochs=1, batch_size=8, lr=0.1, no_dp=True, per_example="fast"), "per_example"),
+    (dict(epochs=1, batch_size=8, lr=0.1, no_dp=True, backend="jit"), "backend"),
 ])
 def test_config_rejects_bad_values_by_name(kwargs, match):
     with pytest.raises(ValueError, match=match):

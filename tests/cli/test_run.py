@@ -74,11 +74,13 @@ def test_roc_in_the_report_is_attack_json_s(e2e):
     assert list(rows) == list(attack["attacks"])
     for name, entry in attack["attacks"].items():
         row = rows[name]
+        # The report draws attack.json's stored points: at most 500 of the saved scores' full curve.
+        assert row["roc_fpr"] == entry["roc"]["fpr"] and row["roc_tpr"] == entry["roc"]["tpr"]
         curve = roc_curve(scores=scores["scores"][name], membership=scores["membership"])
-        np.testing.assert_array_equal(row["roc_fpr"], curve.fpr)
-        np.testing.assert_array_equal(row["roc_tpr"], curve.tpr)
+        assert len(row["roc_fpr"]) <= 500 and entry["roc"]["points_total"] == len(curve.fpr)
+        assert set(zip(row["roc_fpr"], row["roc_tpr"])) <= set(zip(curve.fpr.tolist(), curve.tpr.tolist()))
         fpr, tpr = np.asarray(row["roc_fpr"]), np.asarray(row["roc_tpr"])
-        assert float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2)) == pytest.approx(entry["auc"], abs=1e-12)
+        assert float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2)) == pytest.approx(entry["auc"], abs=2e-3)
         assert row["auc"] == entry["auc"] and row["advantage"] == entry["advantage"]
         assert row["epsilon_lower_bound"] == entry["epsilon_lower_bound"]["value"]
         reported = {f: v for f, v, _ in row["tpr_at_fpr"]}

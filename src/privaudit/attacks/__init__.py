@@ -45,6 +45,7 @@ from ._metrics import AttackMetrics as AttackMetrics
 from ._metrics import EmpiricalEpsilon as EmpiricalEpsilon
 from ._metrics import RocCurve as RocCurve
 from ._metrics import attack_metrics as attack_metrics
+from ._metrics import downsample_roc as downsample_roc
 from ._metrics import empirical_epsilon as empirical_epsilon
 from ._metrics import roc_auc as roc_auc
 from ._metrics import roc_curve as roc_curve
@@ -109,6 +110,7 @@ __all__ = [
     "compute_signal",
     "confidence",
     "cross_entropy_loss",
+    "downsample_roc",
     "empirical_epsilon",
     "evaluate_attacks",
     "model_logits",

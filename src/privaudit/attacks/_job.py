@@ -5,7 +5,11 @@ run's whole dataset (train split = members, held-out split = non-members),
 K shadow models are trained on random halves of it with the target's settings
 and cached in `runs/<name>/shadows/` (see `shadows_for_run`), and each attack
 scores every population point. The results go to `attack.json` and a log-log
-ROC plot `attack_roc.png` in the run directory.
+ROC plot `attack_roc.png` in the run directory. Each attack's entry in
+attack.json carries its ROC curve as `roc: {fpr: [...], tpr: [...], points_total}`:
+at most 500 of the curve's own points from (0, 0) to (1, 1), picked by
+`downsample_roc` to keep its shape on linear and log-log axes (the trapezoid
+area under them stays within ~1e-3 of `auc`).
 
 Attacks (`ATTACK_NAMES`; "lira", "rmia" and "all" name groups):
 
@@ -47,7 +51,8 @@ import numpy as np
 from .. import _io, _validate
 from ._lira import LiraAttack
 from ._loss import LossAttack
-from ._metrics import DEFAULT_FPRS, AttackMetrics, RocCurve, attack_metrics, roc_curve
+from ._metrics import (DEFAULT_FPRS, ROC_MAX_POINTS, AttackMetrics, RocCurve, attack_metrics, downsample_roc,
+                       roc_curve)
 from ._rmia import RmiaAttack
 from ._signals import confidence, cross_entropy_loss, scaled_logit
 
@@ -224,9 +229,15 @@ class AttackResult:
     roc: RocCurve
     settings: Mapping[str, Any]
 
-    def to_dict(self, *, seed: int) -> dict[str, Any]:
-        """The attack's entry in attack.json (FPR keys as strings such as "0.01")."""
+    def to_dict(self, *, seed: int, roc_points: int = ROC_MAX_POINTS) -> dict[str, Any]:
+        """The attack's entry in attack.json (FPR keys as strings such as "0.01").
+
+        `roc` holds at most `roc_points` points of the ROC curve (`downsample_roc`: the
+        curve's own points, from (0, 0) to (1, 1), FPR and TPR non-decreasing), with
+        `points_total` the number of distinct thresholds of the full curve.
+        """
         m = self.metrics.to_dict()
+        small = downsample_roc(self.roc, max_points=roc_points)
         eps = self.metrics.epsilon
         bound = None if eps is None else {
             "value": eps.epsilon if math.isfinite(eps.epsilon) else None,
@@ -244,6 +255,8 @@ class AttackResult:
             "tpr_at_fpr_unreported": m["unreported"],
             "balanced_accuracy": m["balanced_accuracy"],
             "advantage": m["advantage"],
+            "roc": {"fpr": small.fpr.tolist(), "tpr": small.tpr.tolist(),
+                    "points_total": int(self.roc.fpr.shape[0])},
             "epsilon_lower_bound": bound,
             "positives": m["positives"],
             "negatives": m["negatives"],

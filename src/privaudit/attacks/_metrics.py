@@ -24,6 +24,7 @@ __all__ = [
     "EmpiricalEpsilon",
     "RocCurve",
     "attack_metrics",
+    "downsample_roc",
     "empirical_epsilon",
     "roc_auc",
     "roc_curve",
@@ -159,6 +160,57 @@ def roc_curve(*, scores: npt.ArrayLike, membership: npt.ArrayLike) -> RocCurve:
         positives=positives,
         negatives=negatives,
     )
+
+
+#: Points kept by `downsample_roc` by default (attack.json's stored ROC curves).
+ROC_MAX_POINTS = 500
+
+
+def downsample_roc(roc: RocCurve, *, max_points: int = ROC_MAX_POINTS) -> RocCurve:
+    """At most `max_points` of the curve's own points, chosen to keep its shape on linear and log-log axes.
+
+    The curve is a monotone staircase of one point per distinct threshold; a
+    subset of its points is still monotone, and every kept point is still
+    achieved by a threshold (nothing is interpolated). The first point (0, 0)
+    and the last (1, 1) are always kept. The rest are spread evenly along the
+    curve's length twice: half by length on log-log axes (log FPR, log TPR,
+    rates below 1/N or 1/P drawn at that floor), which keeps the low-FPR end
+    that log-log plots show, and half by length on linear axes, which keeps
+    the trapezoid area close to the full curve's AUC (each dropped point
+    changes it by at most half the product of its neighbours' FPR and TPR gaps).
+    A point picked by both counts once, so fewer than `max_points` may be kept.
+    A curve with no more than `max_points` points is returned as it is.
+
+    >>> roc = roc_curve(scores=np.arange(1000.0), membership=np.arange(1000) % 3 == 0)
+    >>> small = downsample_roc(roc, max_points=50)
+    >>> len(small.fpr) <= 50, small.fpr[[0, -1]].tolist(), small.tpr[[0, -1]].tolist()
+    (True, [0.0, 1.0], [0.0, 1.0])
+    """
+    _validate.integer(minimum=2, max_points=max_points)
+    size = int(roc.fpr.shape[0])
+    if size <= max_points:
+        return roc
+
+    def spread(x: np.ndarray, y: np.ndarray, count: int) -> np.ndarray:
+        # Indices of the points nearest to `count` evenly spaced positions along the polyline (x, y).
+        length = np.concatenate(([0.0], np.cumsum(np.hypot(np.diff(x), np.diff(y)))))
+        if count < 1 or length[-1] <= 0:
+            return np.zeros(0, dtype=np.int64)
+        marks = np.linspace(0.0, length[-1], count)
+        right = np.clip(np.searchsorted(length, marks), 1, size - 1)
+        nearer_left = (marks - length[right - 1]) <= (length[right] - marks)
+        return np.where(nearer_left, right - 1, right)
+
+    log_fpr = np.log10(np.maximum(roc.fpr, 1.0 / max(roc.negatives, 1)))
+    log_tpr = np.log10(np.maximum(roc.tpr, 1.0 / max(roc.positives, 1)))
+    budget = max_points - 2
+    chosen = {0, size - 1}
+    chosen.update(spread(log_fpr, log_tpr, budget // 2).tolist())
+    chosen.update(spread(roc.fpr, roc.tpr, budget - budget // 2).tolist())  # a point picked twice counts once
+    keep = np.array(sorted(chosen), dtype=np.int64)
+    return RocCurve(thresholds=roc.thresholds[keep], true_positives=roc.true_positives[keep],
+                    false_positives=roc.false_positives[keep], tpr=roc.tpr[keep], fpr=roc.fpr[keep],
+                    positives=roc.positives, negatives=roc.negatives)
 
 
 def _auc(roc: RocCurve) -> float:

@@ -19,6 +19,20 @@ Two ways to the clipped sum sum_i c_i g_i (same result up to rounding):
 
 ``"auto"`` takes ghost where it applies. Clip factors are the engine's:
 c_i = min(1, C / (||g_i|| + 1e-6)) in flat L2, or per layer with C / sqrt(L).
+
+Backends (`BACKENDS`): ``"vmap"`` runs the model through `torch.func`
+(`vmap` over models of `functional_call`, autograd for the backward pass),
+which works for any architecture. ``"bmm"`` is for plain MLPs, an
+`nn.Sequential` of an optional leading `nn.Flatten`, then `nn.Linear` layers
+with `nn.Tanh` or `nn.ReLU` between them (logreg, mlp): the forward pass is
+one `torch.baddbmm` per layer over the K stacked models, and the backward
+pass is written out, delta_{l-1} = (delta_l W_l) * act'(z_{l-1}) from
+delta_L = (softmax(z_L) - onehot(y)) * w (the gradient of the weighted
+cross-entropy), with dW_l = delta_l^T a_l as one `torch.bmm`. Under DP it
+gives the ghost norms and the clipped sum from the same delta_l and a_l,
+with no autograd graph and no per-model Python work. ``"auto"`` takes
+``"bmm"`` where it applies (and ghost clipping is not ruled out by
+``per_example="materialize"``). The backends differ in rounding only.
 """
 
 from __future__ import annotations
@@ -33,9 +47,152 @@ from torch.func import functional_call, grad, vmap
 
 from ..training._clipping import NORM_EPS, find_units
 
-__all__ = ["PER_EXAMPLE_MODES", "StackedGrads"]
+__all__ = ["BACKENDS", "PER_EXAMPLE_MODES", "StackedGrads", "mlp_layers"]
 
 PER_EXAMPLE_MODES = ("auto", "ghost", "materialize")
+BACKENDS = ("auto", "bmm", "vmap")
+_BMM_ACTIVATIONS: dict[type[nn.Module], str] = {nn.Tanh: "tanh", nn.ReLU: "relu"}
+
+
+def _plain(module: nn.Module, cls: type[nn.Module]) -> bool:
+    return type(module) is cls and not module._forward_hooks and not module._forward_pre_hooks
+
+
+def mlp_layers(template: nn.Module) -> tuple[bool, list[tuple[str, str | None, str | None]]] | None:
+    """(flatten first?, [(weight name, bias name or None, activation after it or None)]) for a plain
+    MLP (`nn.Sequential` of an optional leading `nn.Flatten()`, then Linear, act, Linear, ..., Linear with
+    act in Tanh/ReLU), else None.
+
+    >>> mlp_layers(nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2)))
+    (True, [('1.weight', '1.bias', 'tanh'), ('3.weight', '3.bias', None)])
+    >>> mlp_layers(nn.Sequential(nn.Linear(4, 3), nn.Sigmoid(), nn.Linear(3, 2))) is None
+    True
+    """
+    if not _plain(template, nn.Sequential) or list(template.named_buffers()):
+        return None
+    children = list(template.named_children())
+    flatten = False
+    if children and type(children[0][1]) is nn.Flatten:
+        f = children[0][1]
+        if not _plain(f, nn.Flatten) or (f.start_dim, f.end_dim) != (1, -1):
+            return None
+        flatten, children = True, children[1:]
+    layers: list[tuple[str, str | None, str | None]] = []
+    expect_linear = True
+    for name, child in children:
+        if expect_linear:
+            if not _plain(child, nn.Linear):
+                return None
+            layers.append((f"{name}.weight", f"{name}.bias" if child.bias is not None else None, None))
+        else:
+            act = next((a for cls, a in _BMM_ACTIVATIONS.items() if _plain(child, cls)), None)
+            if act is None or (isinstance(child, nn.ReLU) and child.inplace):
+                return None
+            w, b, _ = layers[-1]
+            layers[-1] = (w, b, act)
+        expect_linear = not expect_linear
+    if not layers or expect_linear:  # empty, or ending in an activation
+        return None
+    return flatten, layers
+
+
+#: The bmm backend runs the K models in groups whose widest activation (models x rows x width) takes at
+#: most this many bytes, so that each group's elementwise work stays in cache (one pass over all K models
+#: at once measured ~25% slower on CPU for K = 64, 150 rows, width 256).
+GROUP_BYTES = 2 * 2**20
+
+
+class _BmmMlp:
+    """Forward and backward of K stacked plain MLPs by batched matrix products (see the module docstring)."""
+
+    def __init__(self, flatten: bool, layers: list[tuple[str, str | None, str | None]],
+                 widths: list[int] | None = None) -> None:
+        self.flatten, self.layers = flatten, layers
+        self.widest = max(widths) if widths else 1
+
+    def accepts(self, x: torch.Tensor) -> bool:
+        return self.flatten or x.dim() == 3
+
+    def _grouped(self, fn: Callable[..., dict[str, torch.Tensor]], params: dict[str, torch.Tensor],
+                 x: torch.Tensor, *rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        """fn over groups of models (see `GROUP_BYTES`), results concatenated along the model axis."""
+        k, r = x.shape[0], x.shape[1]
+        group = max(1, GROUP_BYTES // max(1, r * self.widest * x.element_size()))
+        if group >= k:
+            return fn(params, x, *rows)
+        parts = [fn({n: v[i:i + group] for n, v in params.items()}, x[i:i + group], *(t[i:i + group] for t in rows))
+                 for i in range(0, k, group)]
+        return {n: torch.cat([part[n] for part in parts]) for n in parts[0]}
+
+    def forward(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> list[torch.Tensor]:
+        """[input a_0, a_1, ..., logits]: each layer's input, then the output; x (K, R, ...)."""
+        h = x.reshape(x.shape[0], x.shape[1], -1) if self.flatten else x
+        acts = [h]
+        for w, b, act in self.layers:
+            wt = params[w].transpose(1, 2)
+            z = torch.bmm(h, wt) if b is None else torch.baddbmm(params[b].unsqueeze(1), h, wt)
+            h = torch.tanh(z) if act == "tanh" else torch.relu(z) if act == "relu" else z
+            acts.append(h)
+        return acts
+
+    def output_grads(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+                     w: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """(inputs a_l, output gradients delta_l) of every layer for the loss sum_i w_i CE(x_i, y_i)."""
+        acts = self.forward(params, x)
+        delta = torch.softmax(acts[-1], dim=-1)
+        # d CE / d logits = softmax - onehot(y), scaled by the row's weight.
+        delta.scatter_add_(2, y.unsqueeze(2), torch.full(y.shape + (1,), -1.0, dtype=delta.dtype, device=delta.device))
+        delta.mul_(w.unsqueeze(2))
+        deltas: list[torch.Tensor] = [delta]
+        for i in range(len(self.layers) - 1, 0, -1):
+            back = torch.bmm(deltas[0], params[self.layers[i][0]])
+            a, act = acts[i], self.layers[i - 1][2]
+            # tanh' = 1 - tanh^2 and relu' = [z > 0], from the layer's output: autograd's own kernels.
+            back = (torch.ops.aten.tanh_backward(back, a) if act == "tanh"
+                    else torch.ops.aten.threshold_backward(back, a, 0))
+            deltas.insert(0, back)
+        return acts[:-1], deltas
+
+    def batch_grad(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+                   w: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self._grouped(self._batch_grad, params, x, y, w)
+
+    def _batch_grad(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+                    w: torch.Tensor) -> dict[str, torch.Tensor]:
+        acts, deltas = self.output_grads(params, x, y, w)
+        out: dict[str, torch.Tensor] = {}
+        for (wn, bn, _), a, d in zip(self.layers, acts, deltas):
+            out[wn] = torch.bmm(d.transpose(1, 2), a)
+            if bn is not None:
+                out[bn] = d.sum(1)
+        return out
+
+    def ghost_clipped_sum(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+                          mask: torch.Tensor, coefficients: Callable[..., dict[str, torch.Tensor]]
+                          ) -> dict[str, torch.Tensor]:
+        def one(p: dict[str, torch.Tensor], xs: torch.Tensor, ys: torch.Tensor,
+                ms: torch.Tensor) -> dict[str, torch.Tensor]:
+            return self._ghost_clipped_sum(p, xs, ys, ms, coefficients)
+
+        return self._grouped(one, params, x, y, mask)
+
+    def _ghost_clipped_sum(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+                           mask: torch.Tensor, coefficients: Callable[..., dict[str, torch.Tensor]]
+                           ) -> dict[str, torch.Tensor]:
+        acts, deltas = self.output_grads(params, x, y, mask)
+        sq: dict[str, torch.Tensor] = {}
+        for (wn, bn, _), a, d in zip(self.layers, acts, deltas):
+            d_sq = d.pow(2).sum(-1)
+            sq[wn] = a.pow(2).sum(-1) * d_sq  # ||delta_i a_i^T||^2 = ||a_i||^2 ||delta_i||^2
+            if bn is not None:
+                sq[bn] = d_sq
+        coef = coefficients(sq, mask)
+        out: dict[str, torch.Tensor] = {}
+        for (wn, bn, _), a, d in zip(self.layers, acts, deltas):
+            out[wn] = torch.bmm((d * coef[wn].unsqueeze(2)).transpose(1, 2), a)
+            if bn is not None:
+                out[bn] = torch.einsum("kr,kro->ko", coef[bn], d)
+        return out
 
 
 def _plain_linears(template: nn.Module) -> dict[str, nn.Linear]:
@@ -81,11 +238,19 @@ class StackedGrads:
     """
 
     def __init__(self, template: nn.Module, *, buffers: dict[str, torch.Tensor], max_grad_norm: float | None,
-                 clipping: str, mode: str = "auto") -> None:
+                 clipping: str, mode: str = "auto", backend: str = "auto", private: bool = True) -> None:
         if mode not in PER_EXAMPLE_MODES:
             raise ValueError(f"Expected per_example={mode!r} in {list(PER_EXAMPLE_MODES)}.")
+        if backend not in BACKENDS:
+            raise ValueError(f"Expected backend={backend!r} in {list(BACKENDS)}.")
         if mode == "ghost" and not ghost_applies(template):
             raise ValueError("per_example='ghost' needs a model whose parameters all sit in nn.Linear layers.")
+        parsed = mlp_layers(template) if backend != "vmap" else None
+        if backend == "bmm" and (parsed is None or (private and mode == "materialize")):
+            raise ValueError("backend='bmm' needs a plain MLP (nn.Sequential of [Flatten], Linear and Tanh/ReLU "
+                             "layers) and, under DP, ghost clipping (per_example 'auto' or 'ghost').")
+        widths = [max(p.shape) for p in template.parameters()]
+        self.bmm = None if parsed is None or (private and mode == "materialize") else _BmmMlp(*parsed, widths)
         self.max_grad_norm = max_grad_norm
         self.names = [n for n, _ in template.named_parameters()]
         self.ghost = mode == "ghost" or (mode == "auto" and ghost_applies(template))
@@ -108,7 +273,7 @@ class StackedGrads:
             return row_losses(p, x.unsqueeze(0), y.unsqueeze(0)).sum()
 
         # Gradient of each model's weighted batch loss (non-private steps).
-        self.batch_grad = vmap(grad(batch_loss), in_dims=(0, 0, 0, 0))
+        self._batch_grad = vmap(grad(batch_loss), in_dims=(0, 0, 0, 0))
         # Per-example gradients: vmap over rows inside vmap over models.
         self.example_grads = vmap(vmap(grad(example_loss), in_dims=(None, 0, 0)), in_dims=(0, 0, 0))
         if self.ghost:
@@ -134,6 +299,13 @@ class StackedGrads:
             self._taps.remove()
             self._taps = None
 
+    def batch_grad(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+                   w: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Gradient of sum_i w_i loss_i per model, {name: (K, ...)}; x (K, R, ...), y (K, R), w (K, R)."""
+        if self.bmm is not None and self.bmm.accepts(x):
+            return self.bmm.batch_grad(params, x, y, w)
+        return self._batch_grad(params, x, y, w)
+
     # -- clipping -------------------------------------------------------------------
     def _coefficients(self, sq: dict[str, torch.Tensor], mask: torch.Tensor) -> dict[str, torch.Tensor]:
         """Clip factor per parameter name, (K, R), from squared per-example norms per name."""
@@ -154,6 +326,8 @@ class StackedGrads:
     def clipped_sum(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
                     mask: torch.Tensor) -> dict[str, torch.Tensor]:
         """sum_i c_i g_i per model, {name: (K, ...)}; x (K, R, ...), y (K, R), mask (K, R) float."""
+        if self.ghost and self.bmm is not None and self.bmm.accepts(x):
+            return self.bmm.ghost_clipped_sum(params, x, y, mask, self._coefficients)
         if self.ghost:
             return self._ghost_clipped_sum(params, x, y, mask)
         g = self.example_grads(params, x, y)

@@ -1,9 +1,11 @@
 """Shadow (reference) models for LiRA and RMIA, trained side by side in one vectorised computation.
 
 K models of one architecture, each trained on its own half of a population,
-are held as stacked parameters {name: (K, ...)} and trained together: one
-`torch.func.vmap` over models of `functional_call` per pass, not a Python loop
-of K trainings. Each model still follows exactly the loop that `make_private`'s
+are held as stacked parameters {name: (K, ...)} and trained together, not as a
+Python loop of K trainings: for plain MLPs (logreg, mlp) one batched matrix
+product per layer with a hand-written backward pass, else one `torch.func.vmap`
+over models of `functional_call` per pass (`ShadowConfig.backend`, see
+`_shadow_grads`). Each model still follows exactly the loop that `make_private`'s
 trainer would run on its own training set, with its own seed:
 
 * non-private (`no_dp`): shuffled epochs of `batch_size` examples, mean loss,
@@ -47,7 +49,7 @@ from ..training._config import auto_physical_batch_size
 from ..training._noise import make_generators
 from ..training._sampler import PoissonSampler, ShuffleSampler
 from ._model_signals import stack_models
-from ._shadow_grads import PER_EXAMPLE_MODES, StackedGrads
+from ._shadow_grads import BACKENDS, PER_EXAMPLE_MODES, StackedGrads
 
 __all__ = ["ShadowConfig", "assign_membership", "shadow_seeds", "train_shadows"]
 
@@ -55,6 +57,8 @@ _SEED_BITS = 62
 SHADOW_OPTIMIZERS = ("sgd", "adam")
 #: torch.optim.Adam's defaults (betas, eps), which the engine's Adam uses.
 _ADAM_BETAS, _ADAM_EPS = (0.9, 0.999), 1e-8
+#: `chunk` value meaning "one pass per step, padded only to that step's largest batch".
+_PER_STEP = -1
 #: Per-example gradients held at once, in bytes, when `chunk_size` is automatic.
 DEFAULT_MEMORY_BUDGET = 256 * 2**20
 
@@ -74,12 +78,16 @@ class ShadowConfig:
         noise_multiplier: sigma (DP only; the target's resolved value).
         clipping: "flat" or "per_layer", as the engine.
         chunk_size: rows per model in one vectorised pass; None picks the largest that keeps
-            K x rows x parameters within `memory_budget` bytes (DP) or the whole batch (no DP).
-            Changes rounding only, not the result.
+            K x rows x parameters within `memory_budget` bytes (DP) or the whole batch (no DP);
+            for DP by ghost norms on the bmm backend on CPU, None means one pass per step padded
+            to that step's largest batch. Changes rounding only, not the result.
         memory_budget: bytes of per-example gradients per pass when `chunk_size` is None.
         per_example: how DP clips (`_shadow_grads`): "auto" (ghost norms for all-Linear
             models, else materialised per-example gradients), "ghost" or "materialize".
             Changes speed and rounding only.
+        backend: how the stacked models are run (`_shadow_grads.BACKENDS`): "auto" (batched
+            matrix products with a hand-written backward pass for plain MLPs, else
+            `torch.func.vmap`), "bmm" or "vmap". Changes speed and rounding only.
     """
 
     epochs: float
@@ -95,6 +103,7 @@ class ShadowConfig:
     chunk_size: int | None = None
     memory_budget: int = DEFAULT_MEMORY_BUDGET
     per_example: str = "auto"
+    backend: str = "auto"
 
     def __post_init__(self) -> None:
         _validate.positive(epochs=self.epochs, lr=self.lr)
@@ -108,6 +117,8 @@ class ShadowConfig:
             raise ValueError(f"Expected no_dp={self.no_dp!r} to be a bool.")
         if self.chunk_size is not None:
             _validate.integer(minimum=1, chunk_size=self.chunk_size)
+        if self.backend not in BACKENDS:
+            raise ValueError(f"Expected backend={self.backend!r} in {list(BACKENDS)}.")
         if self.per_example not in PER_EXAMPLE_MODES:
             raise ValueError(f"Expected per_example={self.per_example!r} in {list(PER_EXAMPLE_MODES)}.")
         if self.clipping not in ("flat", "per_layer"):
@@ -122,9 +133,9 @@ class ShadowConfig:
             _validate.non_negative(noise_multiplier=self.noise_multiplier)
 
     def training_dict(self) -> dict[str, Any]:
-        """The fields that determine the trained models (not chunk_size / memory_budget / per_example)."""
+        """The fields that determine the trained models (not chunk_size, memory_budget, per_example, backend)."""
         out = dataclasses.asdict(self)
-        del out["chunk_size"], out["memory_budget"], out["per_example"]
+        del out["chunk_size"], out["memory_budget"], out["per_example"], out["backend"]
         if self.sampling_rate is None:  # caches written before these fields existed stay valid
             del out["sampling_rate"]
         if self.optimizer == "sgd":
@@ -277,8 +288,14 @@ def train_shadows(
     plans = [_plan(np.flatnonzero(membership[m]), int(seeds[m]), cfg, device) for m in selected]
     num_params = sum(int(v[0].numel()) for v in params.values())
     steps = StackedGrads(template, buffers=buffers, max_grad_norm=cfg.max_grad_norm, clipping=cfg.clipping,
-                         mode="materialize" if cfg.no_dp else cfg.per_example)
+                         mode="materialize" if cfg.no_dp else cfg.per_example, backend=cfg.backend,
+                         private=not cfg.no_dp)
     chunk = _chunk_size(cfg, len(selected), num_params, plans, steps.ghost)
+    if cfg.chunk_size is None and not cfg.no_dp and steps.ghost and steps.bmm is not None and device.type == "cpu":
+        # Ghost clipping by batched matrix products holds no per-example gradients, so one pass per step
+        # fits; on CPU, padding each step only to its largest Poisson batch (not to the mean + 4 standard
+        # deviations that a fixed shape needs) saves the padded rows' arithmetic.
+        chunk = _PER_STEP
     update = _SGD(cfg, params) if cfg.optimizer == "sgd" else _Adam(cfg, params)
     x_all, y_all = inputs.to(device), targets.to(device)
     total = max(p.steps for p in plans)
@@ -308,10 +325,10 @@ class _SGD:
         self.buf = {k: torch.zeros_like(v) for k, v in params.items()}
 
     def step(self, name: str, p: torch.Tensor, g: torch.Tensor, t: int, on: torch.Tensor | None) -> torch.Tensor:
+        if on is None:  # torch.optim.SGD's update, in place on the stacked tensors
+            buf = self.buf[name].mul_(self.momentum).add_(g)
+            return p.add_(buf, alpha=-self.lr)
         buf = self.buf[name] * self.momentum + g
-        if on is None:
-            self.buf[name] = buf
-            return p - self.lr * buf
         self.buf[name] = torch.where(on, buf, self.buf[name])
         return torch.where(on, p - self.lr * buf, p)
 
@@ -331,13 +348,18 @@ class _Adam:
 
     def step(self, name: str, p: torch.Tensor, g: torch.Tensor, t: int, on: torch.Tensor | None) -> torch.Tensor:
         b1, b2 = _ADAM_BETAS
-        m = self.m[name] * b1 + g * (1.0 - b1)
-        v = self.v[name] * b2 + g * g * (1.0 - b2)
-        denom = v.sqrt() / math.sqrt(1.0 - b2 ** t) + _ADAM_EPS
-        new = p - (self.lr / (1.0 - b1 ** t)) * m / denom
+        step_size = self.lr / (1.0 - b1 ** t)
         if on is None:
-            self.m[name], self.v[name] = m, v
-            return new
+            # torch.optim.Adam's single-tensor update, op for op, in place on the stacked tensors.
+            m, v = self.m[name], self.v[name]
+            m.lerp_(g, 1.0 - b1)
+            v.mul_(b2).addcmul_(g, g, value=1.0 - b2)
+            denom = (v.sqrt() / math.sqrt(1.0 - b2 ** t)).add_(_ADAM_EPS)
+            return p.addcdiv_(m, denom, value=-step_size)
+        m = self.m[name].lerp(g, 1.0 - b1)
+        v = (self.v[name] * b2).addcmul_(g, g, value=1.0 - b2)
+        denom = (v.sqrt() / math.sqrt(1.0 - b2 ** t)).add_(_ADAM_EPS)
+        new = p.addcdiv(m, denom, value=-step_size)
         self.m[name] = torch.where(on, m, self.m[name])
         self.v[name] = torch.where(on, v, self.v[name])
         return torch.where(on, new, p)
@@ -349,6 +371,8 @@ def _gradients(steps: StackedGrads, cfg: ShadowConfig, params: dict[str, torch.T
     """Each model's gradient for this step, {name: (K, ...)} (noised and scaled under DP)."""
     device = x_all.device
     sizes = torch.tensor([int(b.numel()) for b in batches])
+    if chunk == _PER_STEP:  # one pass, as wide as this step's largest batch (rounded up to a multiple of 8)
+        chunk = max(8, math.ceil(int(sizes.max()) / 8) * 8)
     width = max(1, math.ceil(int(sizes.max()) / chunk)) * chunk  # fixed-shape chunks of `chunk` rows
     # Padding rows point at row 0 with mask 0 and contribute exactly nothing (as in `physical_batches`).
     idx = nn.functional.pad(pad_sequence(batches, batch_first=True), (0, width - int(sizes.max())))
@@ -381,11 +405,13 @@ def _gradients(steps: StackedGrads, cfg: ShadowConfig, params: dict[str, torch.T
         view = scale.view(-1, *([1] * len(shape))).to(acc[n].dtype)
         if std > 0.0:
             # N(0, sigma^2 C^2) once per model per step, each model's from its own generator in parameter
-            # order (what GaussianNoise.add_ does in the engine); inactive models draw nothing.
-            z = torch.stack([torch.randn(shape, generator=p.noise_gen, device=device, dtype=acc[n].dtype)
-                             if on and p.noise_gen is not None else torch.zeros(shape, device=device,
-                                                                                dtype=acc[n].dtype)
-                             for p, on in zip(plans, active)])
-            acc[n] = torch.add(acc[n], z, alpha=std)
-        acc[n] = acc[n] * view  # / (q_k N_k), the expected batch size
+            # order (what GaussianNoise.add_ does in the engine), drawn straight into its slot of one buffer;
+            # inactive models draw nothing.
+            # Contiguous, so that each model's slot is filled in the order the engine's tensor would be.
+            z = (torch.zeros if not all(active) else torch.empty)(acc[n].shape, dtype=acc[n].dtype, device=device)
+            for i, (p, on) in enumerate(zip(plans, active)):
+                if on and p.noise_gen is not None:
+                    torch.randn(shape, generator=p.noise_gen, out=z[i])
+            acc[n].add_(z, alpha=std)
+        acc[n].mul_(view)  # / (q_k N_k), the expected batch size
     return acc
