@@ -68,6 +68,8 @@ def test_tiny_sweep_end_to_end(tmp_path):
     adaptive = result.runs[1]
     assert adaptive["max_grad_norm"] == "adaptive" and adaptive["final_clipping_norm"] != 0.1
     assert adaptive["epsilon"] == pytest.approx(2.0, abs=0.01)
+    shadows = json.loads((tmp_path / "sw" / "runs" / adaptive["label"] / "attack.json").read_text())["shadows"]
+    assert shadows["training"]["max_grad_norm"] == pytest.approx(adaptive["final_clipping_norm"])
     assert [p["max_grad_norm"] for p in result.points] == [0.1, "adaptive", None]
     assert {e.stage for e in events} == {"train", "attack"}
     data = json.loads(result.files.json.read_text())

@@ -114,10 +114,19 @@ def load_run(run_dir: str | Path, *, device: str = "auto") -> RunTarget:
     if batch is None:  # the recipe's rate q: every shadow model keeps the target's q (and so its step count)
         batch = int(resolved.get("expected_batch_size") or settings.expected_batch_size(ds.n_train))
         rate = batch / ds.n_train
+    clip = None if settings.no_dp else settings.max_grad_norm
+    if settings.adaptive_clip and not settings.no_dp:
+        # The shadows clip at a fixed norm: the one the target's adaptive clipping ended with (the
+        # stored update noise multiplier is the target's). An approximation of the target's
+        # trajectory of norms, which the shadows do not replay.
+        final = rd.read_summary().get("final_clipping_norm") if rd.summary_path.is_file() else None
+        if final is None:
+            raise ValueError(f"{str(rd.path)!r} used adaptive clipping but its summary.json has no "
+                             "final_clipping_norm: finish the run first.")
+        clip = float(final)
     shadow_config = ShadowConfig(
         epochs=settings.epochs, batch_size=batch, sampling_rate=rate, optimizer=settings.optimizer,
-        lr=settings.lr, momentum=settings.momentum,
-        no_dp=settings.no_dp, max_grad_norm=None if settings.no_dp else settings.max_grad_norm,
+        lr=settings.lr, momentum=settings.momentum, no_dp=settings.no_dp, max_grad_norm=clip,
         noise_multiplier=noise, clipping=settings.clipping)
 
     def model_fn(seed: int) -> nn.Module:
