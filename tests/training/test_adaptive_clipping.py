@@ -103,6 +103,15 @@ def test_resume_continues_with_the_adapted_norm(data):
     assert [(e.event, e.count) for e in second.ledger.entries] == [(e.event, e.count) for e in whole.ledger.entries]
 
 
+def test_small_budgets_raise_the_automatic_count_noise_instead_of_failing(data):
+    # At epsilon 0.3 the total multiplier z exceeds 2 * qN / 20: the automatic sigma_b becomes 5 z.
+    tr = _trainer(data, max_grad_norm=1.0, target_epsilon=0.3, adaptive_clipping=AdaptiveClipping())
+    z = tr.config.accounted_noise_multiplier
+    assert 2 * (0.2 * N / 20) < z
+    assert tr.config.count_noise_std == pytest.approx(5 * z)
+    assert tr.config.noise_multiplier == pytest.approx(z / math.sqrt(1 - 0.01))
+
+
 def test_bad_settings_name_the_argument(data):
     with pytest.raises(ValueError, match="clipping='flat'"):
         _trainer(data, max_grad_norm=1.0, noise_multiplier=1.0, clipping="per_layer",

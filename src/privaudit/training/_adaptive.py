@@ -75,12 +75,22 @@ class AdaptiveClipping:
             _validate.positive(count_noise_std=self.count_noise_std)
 
 
-def default_count_noise_std(adaptive: AdaptiveClipping, expected_count: float) -> float:
-    """sigma_b: the configured one, or the paper's expected count / 20 (Andrew et al. 2021, Sec. 3)."""
+#: With a calibrated total multiplier z, the automatic sigma_b is at least this times z, so that
+#: the count takes little of the budget: the update's multiplier is z / sqrt(1 - (2 * 5)^-2) ~ 1.005 z.
+COUNT_NOISE_PER_Z = 5.0
+
+
+def default_count_noise_std(adaptive: AdaptiveClipping, expected_count: float,
+                            total_noise_multiplier: float | None = None) -> float:
+    """sigma_b: the configured one, or the paper's expected count / 20 (Andrew et al. 2021, Sec. 3),
+    raised to `COUNT_NOISE_PER_Z` * z when a total multiplier z is given (small budgets, where
+    expected count / 20 would leave the update no budget at all)."""
     if adaptive.count_noise_std is not None:
         return adaptive.count_noise_std
     _validate.positive(expected_count=expected_count)
-    return expected_count / 20.0
+    if total_noise_multiplier is None:
+        return expected_count / 20.0
+    return max(expected_count / 20.0, COUNT_NOISE_PER_Z * total_noise_multiplier)
 
 
 def next_clipping_norm(clipping_norm: float, noisy_unclipped_fraction: float, adaptive: AdaptiveClipping) -> float:

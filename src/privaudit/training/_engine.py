@@ -105,7 +105,8 @@ def make_private(
         adaptive_clipping: let C follow a quantile of the per-example gradient norms
             (Andrew et al. 2021): `max_grad_norm` is the initial C; each step also releases
             the count of unclipped examples with noise N(0, sigma_b^2) (sigma_b: the
-            setting's, or qN / 20) and moves C geometrically. The update noise sigma
+            setting's, or qN / 20, at least 5 z with a target epsilon of total multiplier z)
+            and moves C geometrically. The update noise sigma
             (`noise_multiplier`, or calibrated) then costs, with the count, what one Gaussian
             mechanism of multiplier (sigma^-2 + (2 sigma_b)^-2)^(-1/2) costs; that is what
             the ledger records, and calibration to `target_epsilon` solves for it. Flat
@@ -187,7 +188,8 @@ def make_private(
         _validate.positive(target_epsilon=target_epsilon)
         noise_multiplier = calibrate_noise_multiplier(target_epsilon=target_epsilon, target_delta=target_delta,
                                                       sampling_rate=q, steps=steps, accountant=accountant)
-        if sigma_b is not None:  # the calibrated multiplier covers sum and count together
+        if adaptive_clipping is not None:  # the calibrated multiplier covers sum and count together
+            sigma_b = default_count_noise_std(adaptive_clipping, q * n, total_noise_multiplier=noise_multiplier)
             noise_multiplier = update_noise_multiplier(noise_multiplier, sigma_b)
     # Distributed, each rank sees about 1/W of every batch: size its passes for that share.
     pbs = physical_batch_size or auto_physical_batch_size(expected_batch_size=q * n / world,
