@@ -19,6 +19,9 @@ MISS with the measured value; nothing is tuned on the attack results beyond
 the training settings recorded in the report.
 
     python bench/attack_digits.py                    # writes reports/attacks_digits.md
+
+The report's second section attacks "overfit" non-private targets trained with `--overfit-target FLAGS`
+(default OVERFIT_FLAGS: SGD lr 0.1 momentum 0.9, batch 32, 100 epochs); `--overfit-target ""` skips it.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -38,6 +42,9 @@ from privaudit.training._job import TrainSettings, train_job
 
 ATTACKS = ("loss", "lira_online", "lira_offline", "rmia_online", "rmia_offline")
 FPRS = (0.001, 0.01, 0.1)
+#: Training flags of the "overfit" non-private targets (second report section): plain SGD with momentum, batch 32,
+#: 100 epochs; the largest train/test loss gap at 100% train accuracy among the candidates in the report.
+OVERFIT_FLAGS = "--optimizer sgd --lr 0.1 --momentum 0.9 --batch-size 32 --epochs 100"
 #: Everything from this line on in an existing report is kept when the report is rewritten.
 _KEEP = "<!-- kept: sweep results (python bench/attack_digits.py --sweep ...) -->"
 
@@ -119,6 +126,102 @@ def _pct(v: float | None) -> str:
     return "n/a" if v is None else f"{100 * v:.2f}%"
 
 
+def _tag(overrides: dict[str, object]) -> str:
+    return "-".join(f"{k}{v:g}" if isinstance(v, float) else f"{k}{v}" for k, v in sorted(overrides.items()))
+
+
+def _target_flags(text: str) -> dict[str, object]:
+    """TrainSettings overrides from `privaudit train` flags ("--optimizer sgd --lr 0.1 --batch-size 32 ...")."""
+    p = argparse.ArgumentParser(prog="--overfit-target", add_help=False, exit_on_error=False)
+    p.add_argument("--model", choices=["mlp"])
+    p.add_argument("--hidden", type=int)
+    p.add_argument("--activation", choices=["tanh", "relu", "gelu"])
+    p.add_argument("--epochs", type=float)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--optimizer", choices=["adam", "sgd"])
+    p.add_argument("--lr", type=float)
+    p.add_argument("--momentum", type=float)
+    return {k: v for k, v in vars(p.parse_args(shlex.split(text))).items() if v is not None}
+
+
+def _final_metrics(rd: Path) -> dict[str, float]:
+    """The last line of the run's metrics.jsonl (train/test accuracy and loss at the end of training)."""
+    import json
+
+    lines = [ln for ln in (rd / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+    return json.loads(lines[-1])
+
+
+def _measure(overrides: dict[str, object], args: argparse.Namespace, options: AttackOptions):
+    """Trains (or reuses) one non-private target per seed with `overrides` and attacks it.
+    Returns (per-seed rows, pooled metrics {attack: metrics})."""
+    tag = _tag(overrides)
+    per_seed = []
+    pooled: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {a: ([], []) for a in ATTACKS}
+    for seed in args.target_seeds:
+        settings = TrainSettings(data="digits", no_dp=True, test_fraction=0.5, seed=seed, split_seed=seed,
+                                 device="cpu", out=args.runs, **overrides,
+                                 name=f"digits-nodp-{tag or 'recipe'}-s{seed}")
+        rd, acc, train_s = _train(settings)
+        t0 = time.perf_counter()
+        report = run_attack(rd, shadows=args.shadows, seed=seed, fprs=FPRS, device="cpu", options=options)
+        attack_s = time.perf_counter() - t0
+        per_seed.append((seed, acc, train_s, attack_s, report, _final_metrics(rd)))
+        for name, res in report.results.items():
+            pooled[name][0].append(res.scores)
+            pooled[name][1].append(report.membership)
+        print(f"[{tag or 'recipe'}] seed {seed}: test acc {acc:.4f}; " + ", ".join(
+            f"{n} {r.metrics.auc:.4f}" for n, r in report.results.items()), flush=True)
+    pooled_metrics = {n: attack_metrics(scores=np.concatenate(s), membership=np.concatenate(m), fprs=FPRS)
+                      for n, (s, m) in pooled.items()}
+    return per_seed, pooled_metrics
+
+
+def _checks(pm) -> list[tuple[str, bool, str]]:
+    """The issue's checks on pooled non-private metrics: (name, passed, measured)."""
+    tpr1 = {n: pm[n].tpr_at_fpr[0.01] for n in ATTACKS}
+    return [
+        ("LiRA online AUC >= 0.67", pm["lira_online"].auc >= 0.67, f"{pm['lira_online'].auc:.4f}"),
+        ("LiRA online TPR@1%FPR >= 7%", tpr1["lira_online"] is not None and tpr1["lira_online"] >= 0.07,
+         _pct(tpr1["lira_online"])),
+        ("LiRA offline AUC >= 0.62", pm["lira_offline"].auc >= 0.62, f"{pm['lira_offline'].auc:.4f}"),
+        ("LOSS AUC in [0.53, 0.65]", 0.53 <= pm["loss"].auc <= 0.65, f"{pm['loss'].auc:.4f}"),
+        ("LiRA online TPR@1% >= 5x LOSS's", tpr1["lira_online"] is not None and tpr1["loss"] is not None
+         and tpr1["lira_online"] >= 5 * tpr1["loss"],
+         f"{_pct(tpr1['lira_online'])} vs {_pct(tpr1['loss'])}"
+         + (f" ({tpr1['lira_online'] / tpr1['loss']:.1f}x)" if tpr1["loss"] else "")),
+        ("RMIA online >= LOSS (AUC and TPR@1%)", pm["rmia_online"].auc >= pm["loss"].auc
+         and (tpr1["rmia_online"] or 0) >= (tpr1["loss"] or 0),
+         f"AUC {pm['rmia_online'].auc:.4f} vs {pm['loss'].auc:.4f}; TPR@1% {_pct(tpr1['rmia_online'])} vs "
+         f"{_pct(tpr1['loss'])}"),
+    ]
+
+
+def _pooled_table(pm) -> list[str]:
+    lines = ["| attack | AUC | TPR@0.1% FPR | TPR@1% FPR | TPR@10% FPR | advantage |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for n in ATTACKS:
+        m = pm[n]
+        lines.append(f"| {n} | {m.auc:.4f} | {_pct(m.tpr_at_fpr[0.001])} | {_pct(m.tpr_at_fpr[0.01])} | "
+                     f"{_pct(m.tpr_at_fpr[0.1])} | {m.advantage:.4f} |")
+    return lines
+
+
+def _per_target_table(per_seed, with_fit: bool = False) -> list[str]:
+    fit_head = "train accuracy | train loss | test loss | " if with_fit else ""
+    lines = ["| seed | " + fit_head + "test accuracy | train s | attack s (shadows trained) | " + " | ".join(
+                 f"{n} AUC" for n in ATTACKS) + " |",
+             "| ---: | " + ("---: | ---: | ---: | " if with_fit else "") + "---: | ---: | ---: | "
+             + " | ".join("---:" for _ in ATTACKS) + " |"]
+    for seed, acc, train_s, attack_s, report, fin in per_seed:
+        fit = (f"{fin['train_accuracy']:.4f} | {fin['train_loss']:.5f} | {fin['test_loss']:.4f} | "
+               if with_fit else "")
+        lines.append(f"| {seed} | {fit}{acc:.4f} | {train_s:.0f} | {attack_s:.0f} "
+                     f"({report.shadows['training_seconds']:.0f} s shadows) | "
+                     + " | ".join(f"{report.results[n].metrics.auc:.4f}" for n in ATTACKS) + " |")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", default="/tmp/privaudit-attack-digits", help="where the runs are written")
@@ -131,6 +234,12 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=None, help="default: the recipe's")
     parser.add_argument("--optimizer", default=None, choices=["adam", "sgd"], help="default: the recipe's")
     parser.add_argument("--momentum", type=float, default=0.9, help="SGD only")
+    parser.add_argument("--overfit-target", default=OVERFIT_FLAGS, metavar="FLAGS",
+                        help="also measure non-private targets trained with these `privaudit train` flags "
+                             "(--model/--hidden/--activation/--epochs/--batch-size/--optimizer/--lr/--momentum) "
+                             "on the same seeds, and report them in a second section with their own checks; "
+                             f"\"\" to skip (default: \"{OVERFIT_FLAGS}\", chosen as in the report's "
+                             "\"Overfit candidates\" section)")
     parser.add_argument("--dp-epsilon", type=float, default=1.0)
     parser.add_argument("--skip-dp", action="store_true")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
@@ -150,27 +259,12 @@ def main() -> None:
                                    ("optimizer", args.optimizer)) if v is not None}
     if overrides.get("optimizer", TrainSettings(no_dp=True).optimizer) == "sgd":
         overrides["momentum"] = args.momentum
-    tag = "-".join(f"{k}{v:g}" if isinstance(v, float) else f"{k}{v}" for k, v in sorted(overrides.items()))
     options = AttackOptions(augment=args.augment)
-    per_seed = []
-    pooled: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {a: ([], []) for a in ATTACKS}
-    for seed in args.target_seeds:
-        settings = TrainSettings(data="digits", no_dp=True, test_fraction=0.5, seed=seed, split_seed=seed,
-                                 device="cpu", out=args.runs, **overrides,
-                                 name=f"digits-nodp-{tag or 'recipe'}-s{seed}")
-        rd, acc, train_s = _train(settings)
-        t0 = time.perf_counter()
-        report = run_attack(rd, shadows=args.shadows, seed=seed, fprs=FPRS, device="cpu", options=options)
-        attack_s = time.perf_counter() - t0
-        per_seed.append((seed, acc, train_s, attack_s, report))
-        for name, res in report.results.items():
-            pooled[name][0].append(res.scores)
-            pooled[name][1].append(report.membership)
-        print(f"seed {seed}: test acc {acc:.4f}; " + ", ".join(
-            f"{n} {r.metrics.auc:.4f}" for n, r in report.results.items()), flush=True)
-
-    pooled_metrics = {n: attack_metrics(scores=np.concatenate(s), membership=np.concatenate(m), fprs=FPRS)
-                      for n, (s, m) in pooled.items()}
+    per_seed, pooled_metrics = _measure(overrides, args, options)
+    overfit = None
+    if args.overfit_target:
+        of_overrides = _target_flags(args.overfit_target)
+        overfit = (of_overrides, *_measure(of_overrides, args, options))
 
     dp_report = dp_acc = dp_eps = None
     if not args.skip_dp:
@@ -187,22 +281,7 @@ def main() -> None:
 
     # -- checks ------------------------------------------------------------------------
     pm = pooled_metrics
-    tpr1 = {n: pm[n].tpr_at_fpr[0.01] for n in ATTACKS}
-    checks = [
-        ("LiRA online AUC >= 0.67", pm["lira_online"].auc >= 0.67, f"{pm['lira_online'].auc:.4f}"),
-        ("LiRA online TPR@1%FPR >= 7%", tpr1["lira_online"] is not None and tpr1["lira_online"] >= 0.07,
-         _pct(tpr1["lira_online"])),
-        ("LiRA offline AUC >= 0.62", pm["lira_offline"].auc >= 0.62, f"{pm['lira_offline'].auc:.4f}"),
-        ("LOSS AUC in [0.53, 0.65]", 0.53 <= pm["loss"].auc <= 0.65, f"{pm['loss'].auc:.4f}"),
-        ("LiRA online TPR@1% >= 5x LOSS's", tpr1["lira_online"] is not None and tpr1["loss"] is not None
-         and tpr1["lira_online"] >= 5 * tpr1["loss"],
-         f"{_pct(tpr1['lira_online'])} vs {_pct(tpr1['loss'])}"
-         + (f" ({tpr1['lira_online'] / tpr1['loss']:.1f}x)" if tpr1["loss"] else "")),
-        ("RMIA online >= LOSS (AUC and TPR@1%)", pm["rmia_online"].auc >= pm["loss"].auc
-         and (tpr1["rmia_online"] or 0) >= (tpr1["loss"] or 0),
-         f"AUC {pm['rmia_online'].auc:.4f} vs {pm['loss'].auc:.4f}; TPR@1% {_pct(tpr1['rmia_online'])} vs "
-         f"{_pct(tpr1['loss'])}"),
-    ]
+    checks = _checks(pm)
     if dp_report is not None:
         worst = max(r.metrics.epsilon.epsilon for r in dp_report.results.values())
         checks.append((f"every eps lower bound of the eps={args.dp_epsilon:g} model <= {args.dp_epsilon:g}",
@@ -212,7 +291,7 @@ def main() -> None:
     first = per_seed[0][4]
     n_mem, n_non = int(first.membership.sum()), int((~first.membership).sum())
     lines = ["# Membership-inference attacks on digits", "",
-             f"Generated by `python bench/attack_digits.py {' '.join(sys.argv[1:])}` "
+             f"Generated by `python bench/attack_digits.py {shlex.join(sys.argv[1:])}` "
              f"({(time.perf_counter() - started) / 60:.1f} min on {os.cpu_count()} shared CPU cores, "
              f"torch threads {args.threads or torch.get_num_threads()}, torch {torch.__version__}, "
              f"Python {platform.python_version()}).", "",
@@ -230,23 +309,12 @@ def main() -> None:
              f"(chosen blind to membership); query augmentation: {args.augment} (digits' 64 flat features: none).",
              "- TPR at an FPR is reported only with >= 10 false positives behind it: per target (899 "
              "non-members) only TPR@10% qualifies; pooled over the targets "
-             f"({sum(int((~r.membership).sum()) for *_, r in per_seed)} non-members) TPR@1% does too. "
+             f"({sum(int((~r.membership).sum()) for *_, r, _f in per_seed)} non-members) TPR@1% does too. "
              "TPR@0.1% would need 10,000 non-members.", "",
              "## Non-private targets, pooled over target seeds", "",
-             "| attack | AUC | TPR@0.1% FPR | TPR@1% FPR | TPR@10% FPR | advantage |",
-             "| --- | ---: | ---: | ---: | ---: | ---: |"]
-    for n in ATTACKS:
-        m = pm[n]
-        lines.append(f"| {n} | {m.auc:.4f} | {_pct(m.tpr_at_fpr[0.001])} | {_pct(m.tpr_at_fpr[0.01])} | "
-                     f"{_pct(m.tpr_at_fpr[0.1])} | {m.advantage:.4f} |")
-    lines += ["", "## Per target", "",
-              "| seed | test accuracy | train s | attack s (shadows trained) | " + " | ".join(
-                  f"{n} AUC" for n in ATTACKS) + " |",
-              "| ---: | ---: | ---: | ---: | " + " | ".join("---:" for _ in ATTACKS) + " |"]
-    for seed, acc, train_s, attack_s, report in per_seed:
-        lines.append(f"| {seed} | {acc:.4f} | {train_s:.0f} | {attack_s:.0f} "
-                     f"({report.shadows['training_seconds']:.0f} s shadows) | "
-                     + " | ".join(f"{report.results[n].metrics.auc:.4f}" for n in ATTACKS) + " |")
+             ]
+    lines += _pooled_table(pm)
+    lines += ["", "## Per target", ""] + _per_target_table(per_seed)
     if dp_report is not None:
         lines += ["", f"## DP-SGD target at epsilon = {args.dp_epsilon:g}", "",
                   f"`privaudit train --data digits --target-epsilon {args.dp_epsilon:g} --test-fraction "
@@ -269,6 +337,23 @@ def main() -> None:
     lines += ["", "## Checks", "", "| check | result | measured |", "| --- | --- | --- |"]
     for name, ok, value in checks:
         lines.append(f"| {name} | {'PASS' if ok else 'MISS'} | {value} |")
+    if overfit is not None:
+        of_overrides, of_seed, of_pm = overfit
+        lines += ["", "## Overfit non-private targets", "",
+                  f"Targets trained with `privaudit train --data digits --no-dp {_flags(of_overrides)}"
+                  f"--test-fraction 0.5 --seed S --split-seed S` "
+                  f"(`--overfit-target \"{args.overfit_target}\"`): "
+                  f"{_recipe_text(TrainSettings(no_dp=True, **of_overrides), n_mem)}, no weight decay; "
+                  f"target seeds {args.target_seeds}, attacked exactly as above ({args.shadows} shadow models "
+                  "with the target's settings). How this configuration was chosen: see "
+                  "\"Overfit candidates\" below.", "",
+                  "### Pooled over target seeds", ""]
+        lines += _pooled_table(of_pm)
+        lines += ["", "### Per target (train/test loss and accuracy at the end of training, metrics.jsonl)", ""]
+        lines += _per_target_table(of_seed, with_fit=True)
+        lines += ["", "### Checks (overfit targets)", "", "| check | result | measured |", "| --- | --- | --- |"]
+        for name, ok, value in _checks(of_pm):
+            lines.append(f"| {name} | {'PASS' if ok else 'MISS'} | {value} |")
     lines.append("")
     out = Path(args.report)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -278,6 +363,9 @@ def main() -> None:
     out.write_text("\n".join(lines) + ("\n" + kept if kept else ""))
     for name, ok, value in checks:
         print(f"{'PASS' if ok else 'MISS'}  {name}: {value}")
+    if overfit is not None:
+        for name, ok, value in _checks(overfit[2]):
+            print(f"{'PASS' if ok else 'MISS'}  [overfit] {name}: {value}")
     print(f"wrote {out}")
 
 
