@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 
 import pytest
@@ -68,6 +70,18 @@ def test_existing_run_needs_resume(tmp_path):
     train_job(TrainSettings(out=str(tmp_path), name="x", **{**SMALL, "epochs": 1}))
     with pytest.raises(ValueError, match="--resume"):
         train_job(TrainSettings(out=str(tmp_path), name="x", **{**SMALL, "epochs": 1}))
+
+
+def test_a_run_that_cannot_start_leaves_no_directory(tmp_path):
+    # sigma_b = 0.01 leaves the update no room under the calibrated multiplier: make_private refuses.
+    bad = TrainSettings(out=str(tmp_path), name="bad", model="logreg", epochs=1, target_epsilon=1.0,
+                        adaptive_clip=True, count_noise_std=0.01)
+    with pytest.raises(ValueError, match="count_noise_std"):
+        train_job(bad)
+    assert not (tmp_path / "bad").exists()
+    # ... so the same name works once the settings are fixed.
+    train_job(dataclasses.replace(bad, count_noise_std=None))
+    assert (tmp_path / "bad" / "summary.json").is_file()
 
 
 def test_no_dp_run_has_empty_ledger(tmp_path):

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import shutil
 import signal
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -342,20 +343,27 @@ def _train_job(s: TrainSettings, *, resume: bool, on_step: Callable[[PrivateTrai
         error = dist_ctx.broadcast_object(error)
         if error is not None:
             raise ValueError(error)
-    ds = _load_data(s)
-    model = build_for(s, ds)
-    x_tr, y_tr, x_te, y_te = _tensors(ds)
-    optimizer = s.make_optimizer(model.parameters())
-    batch = s.expected_batch_size(ds.n_train)
-    trainer = make_private(
-        module=model, optimizer=optimizer, data=(x_tr, y_tr), loss_fn=nn.CrossEntropyLoss(),
-        epochs=s.epochs, expected_batch_size=batch,
-        max_grad_norm=None if s.no_dp else s.max_grad_norm,
-        noise_multiplier=s.noise_multiplier, target_epsilon=s.target_epsilon, target_delta=s.delta,
-        physical_batch_size=s.physical_batch_size, clipping=s.clipping, accountant=s.accountant,
-        seed=None if s.secure_rng else s.seed, secure_rng=s.secure_rng, device=device, no_dp=s.no_dp,
-        adaptive_clipping=s.adaptive_clipping(),
-        distributed=dist_ctx is not None)
+    try:
+        ds = _load_data(s)
+        model = build_for(s, ds)
+        x_tr, y_tr, x_te, y_te = _tensors(ds)
+        optimizer = s.make_optimizer(model.parameters())
+        batch = s.expected_batch_size(ds.n_train)
+        trainer = make_private(
+            module=model, optimizer=optimizer, data=(x_tr, y_tr), loss_fn=nn.CrossEntropyLoss(),
+            epochs=s.epochs, expected_batch_size=batch,
+            max_grad_norm=None if s.no_dp else s.max_grad_norm,
+            noise_multiplier=s.noise_multiplier, target_epsilon=s.target_epsilon, target_delta=s.delta,
+            physical_batch_size=s.physical_batch_size, clipping=s.clipping, accountant=s.accountant,
+            seed=None if s.secure_rng else s.seed, secure_rng=s.secure_rng, device=device, no_dp=s.no_dp,
+            adaptive_clipping=s.adaptive_clipping(),
+            distributed=dist_ctx is not None)
+    except BaseException:
+        # A run that could not start (bad data, a budget that cannot be met, ...) leaves no empty
+        # run directory behind that would block the next attempt under the same name.
+        if rd is not None and not resume and not rd.config_path.exists():
+            shutil.rmtree(rd.path, ignore_errors=True)
+        raise
     start_epoch = 0
     if resume:
         ckpt = rd.load_checkpoint() if main else None
