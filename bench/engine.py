@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import resource
@@ -91,7 +92,8 @@ def _engine(engine: str, args: argparse.Namespace, device):
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
     info: dict = {"model": args.model, "engine": engine, "batch": b,
                   "params": sum(p.numel() for p in net.parameters())}
-    physical_counts: list[int] = []
+    physical_counts: list[int] = []  # privaudit: passes per step
+    rows_per_step: list[int] = []  # Opacus: rows of each (variable-size) Poisson batch
 
     if engine == "non-private":
         xd, yd = x.to(device), y.to(device)
@@ -100,7 +102,9 @@ def _engine(engine: str, args: argparse.Namespace, device):
 
         def step() -> None:
             idx = torch.randint(0, n, (b,), generator=gen).to(device)
-            opt.zero_grad(set_to_none=True)
+            # Gradient buffers persist between steps (zeroed, not freed), as privaudit's
+            # accumulators do: neither engine's step memory then counts its gradient buffer.
+            opt.zero_grad(set_to_none=False)
             loss_fn(net(xd[idx]), yd[idx]).backward()
             opt.step()
     elif engine in ("privaudit", "privaudit-auto"):
@@ -116,6 +120,8 @@ def _engine(engine: str, args: argparse.Namespace, device):
 
         def step() -> None:
             physical_counts.append(trainer.step().physical_batches)
+
+        info["expected_passes"] = _expected_passes(x.shape[0], b / x.shape[0], trainer.physical_batch_size)
     else:
         from opacus import PrivacyEngine
         from opacus.validators import ModuleValidator
@@ -142,11 +148,19 @@ def _engine(engine: str, args: argparse.Namespace, device):
                 batches = iter(dl)
                 xb, yb = next(batches)
             xb, yb = xb.to(device), yb.to(device)
-            dp_opt.zero_grad(set_to_none=True)
+            rows_per_step.append(int(xb.shape[0]))
+            dp_opt.zero_grad(set_to_none=False)
             criterion(model(xb), yb).backward()
             dp_opt.step()
 
-    return step, info, physical_counts
+    return step, info, physical_counts if engine.startswith("privaudit") else rows_per_step
+
+
+def _expected_passes(n: int, q: float, size: int) -> float:
+    """E[ceil(b / size)] for b ~ Binomial(n, q): the expected passes of a Poisson step."""
+    pmf = [math.exp(math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
+                    + k * math.log(q) + (n - k) * math.log1p(-q)) for k in range(n + 1)]
+    return sum(p * math.ceil(k / size) for k, p in enumerate(pmf))
 
 
 def _sync(device) -> None:
@@ -188,15 +202,41 @@ def _child_time(args: argparse.Namespace) -> list[dict]:
         if times:
             row.update(ms=1000 * statistics.median(times), ms_min=1000 * min(times))
             counts = built[engine][1][-args.steps:]
-            if counts:
+            if counts and engine.startswith("privaudit"):
+                # Every pass has one fixed shape, so a step costs (passes) x (one pass): the
+                # expected step is E[passes] x the fastest pass, whichever batch sizes the
+                # few timed steps happened to draw (their fastest step is a lucky one-pass draw).
                 row["physical_per_step"] = statistics.mean(counts)
                 row["ms_per_physical_min"] = 1000 * min(t / max(1, k) for t, k in zip(times, counts))
+                row["ms_expected"] = row["ms_per_physical_min"] * row["expected_passes"]
+            elif counts:
+                # Variable-size batches: time per real row, times the expected rows q N.
+                row["rows_per_step"] = statistics.mean(counts)
+                row["ms_expected"] = 1000 * min(t / max(1, k) for t, k in zip(times, counts)) * row["batch"]
         out.append(row)
     return out
 
 
+def _peak_reset() -> bool:
+    """Resets the kernel's peak-RSS mark (VmHWM) of this process (Linux >= 4.0)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_mib() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _child_memory(args: argparse.Namespace) -> dict:
-    """One engine alone in its process: the peak memory of its steps."""
+    """One engine alone in its process: the peak memory of its steps after the warm-up."""
     import torch
 
     device = _setup(args.device, args.threads)
@@ -209,14 +249,21 @@ def _child_memory(args: argparse.Namespace) -> dict:
         base = torch.cuda.memory_allocated() / 2**20
     else:
         base = _rss_mib()
+        reset = _peak_reset()
     for _ in range(args.memory_steps):
         step()
     _sync(device)
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated() / 2**20 - base
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
-    return {"peak_mib": max(peak, 0.0)}
+        peak = (_peak_rss_mib() if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024) - base
+    return {"peak_mib": max(peak, 0.0), "peak_measured_steps_only": device.type == "cuda" or reset}
+
+
+#: glibc settings of the CPU memory children: every allocation of 64 KiB or more gets its
+#: own mapping, returned to the system when freed, so the resident set follows the live
+#: tensors instead of the allocator's cache (which hid transients in earlier reports).
+_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
 
 
 def _machine(args: argparse.Namespace) -> str:
@@ -240,9 +287,10 @@ def _machine(args: argparse.Namespace) -> str:
 def _report(rows: list[dict], args: argparse.Namespace) -> str:
     mem_kind = ("torch.cuda.max_memory_allocated (MiB above the allocation before the measured steps)"
                 if args.device.startswith("cuda") else
-                "the process's peak RSS (getrusage ru_maxrss, warm-up steps included) minus its RSS after the "
-                "warm-up steps, in MiB: the transient memory of a step, allocator caching included; a small "
-                "number can hide a transient that reused pages freed earlier")
+                "the process's peak RSS during the measured steps (VmHWM, reset after the warm-up) minus its RSS "
+                "after the warm-up, in MiB, with glibc told to map every allocation of 64 KiB or more on its own "
+                "and return it when freed (MALLOC_MMAP_THRESHOLD_=65536, MALLOC_TRIM_THRESHOLD_=0), so that the "
+                "resident set follows the live tensors: the transient memory of a step")
     lines = [
         "# DP-SGD engine benchmark",
         "",
@@ -252,53 +300,68 @@ def _report(rows: list[dict], args: argparse.Namespace) -> str:
         f"{args.batch_mlp}, CNN batch {args.batch_cnn}, transformer batch {args.batch_transformer} x seq "
         f"{args.seq_len}. Memory: {mem_kind}.",
         "",
-        "Ratios use each engine's *fastest* timed step (the machine is shared with other jobs, whose load "
-        "only ever adds time); medians are in the raw rows. 'per physical batch' divides a step's time by "
-        "its number of physical batches; with physical batch = the non-private batch it is the like-for-like "
-        "cost of one forward/backward/clip pass.",
+        "Times use fastest timed steps (the machine is shared with other jobs, whose load only ever adds "
+        "time); medians are in the raw rows. The DP engines sample Poisson batches (size Binomial(N, q), "
+        "expected size = the non-private batch), so their fastest step is also their luckiest draw. "
+        "'expected' removes that luck: privaudit's passes all have one shape, so its expected step is "
+        "E[passes] (exact, from the binomial) x its fastest pass; Opacus' batches vary in size, so its "
+        "expected step is the expected rows x its fastest time per row. 'per physical batch' is the "
+        "fastest step time divided by its passes; with physical batch = the non-private batch it is the "
+        "like-for-like cost of one forward/backward/clip pass.",
         "",
-        "| model | params | engine | ms/step (min) | x non-private | ms per physical batch (min) | "
-        "x non-private | peak MiB | x non-private | notes |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| model | params | engine | ms/step (min) | ms/step (expected) | x non-private | "
+        "ms per physical batch (min) | x non-private | peak MiB | x non-private | notes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for model in MODELS:
         base = next((r for r in rows if r["model"] == model and r["engine"] == "non-private" and "ms" in r), None)
         for r in (r for r in rows if r["model"] == model):
             if "ms" not in r:
-                lines.append(f"| {model} | | {r['engine']} | n/a | | | | | | {r.get('error', '')[:120]} |")
+                lines.append(f"| {model} | | {r['engine']} | n/a | | | | | | | {r.get('error', '')[:120]} |")
                 continue
-            rt = f"{r['ms_min'] / base['ms_min']:.2f}x" if base else ""
+            exp = r.get("ms_expected", r["ms_min"] if r["engine"] == "non-private" else None)
+            rt = f"{exp / base['ms_min']:.2f}x" if base and exp is not None else ""
             per = r.get("ms_per_physical_min")
             same_shape = r.get("physical_batch") == r["batch"]
             rp = f"{per / base['ms_min']:.2f}x" if base and per is not None and same_shape else ""
-            rm = f"{r['peak_mib'] / base['peak_mib']:.2f}x" if base and base["peak_mib"] > 1 else ""
-            note = (f"physical batch {r['physical_batch']}, {r['physical_per_step']:.1f} per step"
-                    if "physical_batch" in r else "")
+            peak = r.get("peak_mib", float("nan"))
+            rm = f"{peak / base['peak_mib']:.2f}x" if base and base.get("peak_mib", 0) > 1 else ""
+            if "physical_batch" in r:
+                note = (f"physical batch {r['physical_batch']}, {r['physical_per_step']:.1f} passes per timed "
+                        f"step, {r['expected_passes']:.2f} expected")
+            elif "rows_per_step" in r:
+                note = f"{r['rows_per_step']:.1f} rows per timed step"
+            else:
+                note = ""
             per_s = "" if per is None else f"{per:.1f}"
-            lines.append(f"| {model} | {r['params'] / 1e6:.2f}M | {r['engine']} | {r['ms_min']:.1f} | {rt} | "
-                         f"{per_s} | {rp} | {r['peak_mib']:.0f} | {rm} | {note} |")
+            exp_s = "" if exp is None else f"{exp:.1f}"
+            lines.append(f"| {model} | {r['params'] / 1e6:.2f}M | {r['engine']} | {r['ms_min']:.1f} | {exp_s} | {rt} | "
+                         f"{per_s} | {rp} | {peak:.0f} | {rm} | {note} |")
     lines += [
         "",
         "Notes:",
         "",
-        "* privaudit computes per-example norms from stored activations and output gradients (ghost norms "
-        "where cheaper, else materialised per-example gradients in bounded chunks, reused for the clipped sum "
-        "when they fit in one chunk) and the clipped sum without a second backward pass. Its backward pass "
-        "skips the parameter gradients that non-private training computes, which pays for part of the norm "
-        "computation.",
+        "* privaudit keeps each layer's inputs and output gradients (norm layers reduce theirs to "
+        "per-example gradients during the backward pass and drop them), then per layer either ghost "
+        "norms (Gram matrices) + one book-keeping contraction for the clipped sum, or per-example gradients "
+        "materialised a chunk of examples at a time, whose norms and clipped share come from the same chunk; "
+        "the choice is by flop count, and the chunks are sized to 1/8 of the stored activations and "
+        "gradients (see src/privaudit/training/_per_sample.py and _conv.py). No second backward pass. Its "
+        "backward pass skips the parameter gradients that non-private training computes, which pays for "
+        "part of the norm computation.",
         "* 'privaudit' uses physical batches of exactly the non-private batch size, so a Poisson batch above "
         "the expected size takes two passes; 'privaudit-auto' uses the default physical size (the one that "
-        "minimises expected padded rows plus a 16-row cost per pass, at most 1024). Opacus feeds its "
-        "variable-size Poisson batches directly (no padding, but changing shapes).",
+        "minimises expected padded rows plus a 16-row cost per pass, at most 1024 and at most the "
+        "expected batch). Opacus feeds its variable-size Poisson batches directly (no padding, but changing "
+        "shapes).",
         "* Opacus is given nn.MultiheadAttention replaced by its DPMultiheadAttention (ModuleValidator.fix); "
         "an engine that fails on a model is listed with its error.",
         "* The noise (one Gaussian draw per parameter per step) is included in every DP engine's step time.",
-        "* On a CPU shared with other jobs (see the load average above), two runs of this script an hour "
-        "apart moved single ratios by up to ~0.3x; read CPU ratios as rough. Peak RSS deltas on CPU are "
-        "dominated by allocator reuse (0 means no new pages were needed); on CPU privaudit keeps the "
-        "per-example convolution gradients of a small batch (B x 0.52M floats for the CNN) to reuse them "
-        "for the clipped sum, and computes them with one grouped convolution, which explains most of its "
-        "CNN memory.",
+        "* Gradient buffers persist between steps in every engine (non-private and Opacus zero their .grad "
+        "with set_to_none=False; privaudit keeps its accumulators), so the memory column compares what a "
+        "step adds on top of parameters, gradient buffers and optimizer state.",
+        "* On a CPU shared with other jobs (see the load average above), single ratios move by up to ~0.3x "
+        "between runs; read CPU ratios as rough.",
         "* On a GPU run `python bench/engine.py --device cuda --batch-mlp 1024 --batch-cnn 1024 "
         "--batch-transformer 1024 --seq-len 128 --threads 16` to compare with REFERENCES.md.",
     ]
@@ -306,8 +369,8 @@ def _report(rows: list[dict], args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
-def _run_child(cmd: list[str]) -> tuple[object | None, str]:
-    res = subprocess.run(cmd, capture_output=True, text=True)
+def _run_child(cmd: list[str], env: dict[str, str] | None = None) -> tuple[object | None, str]:
+    res = subprocess.run(cmd, capture_output=True, text=True, env=None if env is None else {**os.environ, **env})
     if res.returncode != 0:
         return None, (res.stderr.strip().splitlines() or ["?"])[-1]
     return json.loads(res.stdout.strip().splitlines()[-1]), ""
@@ -353,7 +416,8 @@ def main() -> None:
             timed = [{"model": model, "engine": e, "error": err} for e in args.engines.split(",")]
         for row in timed:
             if "error" not in row:
-                mem, err = _run_child([*common, "--child", "memory", "--model", model, "--engine", row["engine"]])
+                mem, err = _run_child([*common, "--child", "memory", "--model", model, "--engine", row["engine"]],
+                                      env=_MALLOC_ENV if args.device == "cpu" else None)
                 row.update(mem if mem is not None else {"peak_mib": float("nan"), "memory_error": err})
             rows.append(row)
             print(json.dumps(row), flush=True)

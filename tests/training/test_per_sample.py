@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from privaudit.training import build_model
-from privaudit.training._clipping import GradCapture, clip_and_accumulate, find_units
+from privaudit.training import _per_sample, build_model
+from privaudit.training._clipping import GradCapture, clip_and_accumulate, find_units, plan_chunks
 
 CE = nn.CrossEntropyLoss(reduction="none")
 
@@ -305,3 +305,163 @@ def test_in_place_change_of_a_stored_input_is_refused():
     cap.backward(loss)
     with pytest.raises(RuntimeError, match="modified in place"):
         cap.unit_grads()
+
+
+# -- the chunked path of clip_and_accumulate (norms and clipped sums from the same chunk) --------
+
+
+def _oracle_clipped_sum(expected, c, clipping, num_layers, unit_slices):
+    """sum_i c_i * grad_i from the oracle's per-example gradients (flat or per-layer factors)."""
+    flat = torch.cat([e.flatten(1) for e in expected], 1)
+    if clipping == "flat":
+        f = torch.clamp(c / (flat.norm(dim=1) + 1e-6), max=1.0)
+        return flat.t() @ f
+    out = torch.zeros(flat.shape[1])
+    c_l = c / math.sqrt(num_layers)
+    for sl in unit_slices:
+        part = flat[:, sl]
+        f = torch.clamp(c_l / (part.norm(dim=1) + 1e-6), max=1.0)
+        out[sl] = part.t() @ f
+    return out
+
+
+def _engine_clipped_sum(model, x, y, *, c, clipping, mode):
+    cap = GradCapture(model, mode=mode)
+    params = [p for p in model.parameters() if p.requires_grad]
+    acc = {p: torch.zeros_like(p) for p in params}
+    try:
+        with cap.capture(x.device):
+            loss = CE(model(x), y).sum()
+        cap.backward(loss)
+        grads = cap.unit_grads()
+        res = clip_and_accumulate(grads, max_grad_norm=c, clipping=clipping, num_layers=len(cap.units),
+                                  mask=torch.ones(x.shape[0], dtype=torch.bool), out=acc)
+        order = {id(p): j for j, p in enumerate(params)}
+        offsets = [0]
+        for p in params:
+            offsets.append(offsets[-1] + p.numel())
+        # Slices of the flat parameter vector that belong to each unit (per-layer clipping).
+        slices = []
+        for u in cap.units:
+            idx = sorted(order[id(p)] for p in u.params.values())
+            slices.append(torch.cat([torch.arange(offsets[j], offsets[j + 1]) for j in idx]))
+        methods = [(type(g).__name__, g.chunked()) for g in grads]
+    finally:
+        cap.remove()
+    return torch.cat([a.flatten() for a in acc.values()]), res, slices, methods
+
+
+@pytest.mark.parametrize("budget", ["default", "tiny", "demote"])
+@pytest.mark.parametrize(("case", "mode"), MODES)
+def test_chunked_clipped_sum_matches_oracle(case, mode, budget, monkeypatch):
+    # Prepare: 'tiny' forces one example per chunk, 'demote' a budget under MIN_CHUNK examples
+    # (mode 'auto' then moves materialised layers to ghost norms)
+    if budget == "tiny":
+        monkeypatch.setattr(_per_sample, "CHUNK_FRACTION", 1e-9)
+        monkeypatch.setattr(_per_sample, "MIN_BUDGET_ELEMENTS", 1)
+        monkeypatch.setattr(_per_sample, "MIN_CHUNK", 1)
+    elif budget == "demote":
+        monkeypatch.setattr(_per_sample, "CHUNK_FRACTION", 1e-9)
+        monkeypatch.setattr(_per_sample, "MIN_BUDGET_ELEMENTS", 1)
+        monkeypatch.setattr(_per_sample, "MIN_CHUNK", 6)
+    torch.manual_seed(0)
+    model, x = CASES[case]()
+    y = torch.randint(0, 3, (x.shape[0],))
+    expected = oracle_grads(model, x, y)
+    norms = torch.sqrt(sum(e.flatten(1).pow(2).sum(1) for e in expected))
+    c = float(norms.median())  # about half of the examples are clipped
+    for clipping in ("flat", "per_layer"):
+        # Execute
+        got, res, slices, methods = _engine_clipped_sum(model, x, y, c=c, clipping=clipping, mode=mode)
+        want = _oracle_clipped_sum(expected, c, clipping, len(slices), slices)
+        # Assert
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(res.norms, norms, rtol=1e-4, atol=1e-5)
+        if budget == "demote" and mode == "auto":
+            assert not any(ch for _, ch in methods), methods
+
+
+def test_materialized_layers_are_chunked_and_demoted_in_auto_mode_only(monkeypatch):
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.Flatten(),
+                          nn.Linear(8 * 25, 3))
+    x, y = torch.randn(8, 3, 5, 5), torch.randint(0, 3, (8,))
+    for mode, demotable in (("auto", True), ("materialize", False)):
+        cap = GradCapture(model, mode=mode)
+        with cap.capture(x.device):
+            loss = CE(model(x), y).sum()
+        cap.backward(loss)
+        grads = cap.unit_grads()
+        assert [g.chunked() for g in grads] == [("weight",), ("weight",), ()]
+        monkeypatch.setattr(_per_sample, "MIN_BUDGET_ELEMENTS", 1)
+        monkeypatch.setattr(_per_sample, "CHUNK_FRACTION", 1e-9)
+        fused, chunks = plan_chunks(grads, 8)
+        if demotable:
+            assert fused == [] and chunks == []
+            assert [g.chunked() for g in grads] == [(), (), ()]
+        else:  # forced 'materialize': one example per chunk, nothing demoted
+            assert fused == [0, 1] and chunks == [(i, i + 1) for i in range(8)]
+        monkeypatch.undo()
+        cap.remove()
+
+
+def test_norm_layers_drop_their_inputs_in_the_backward_pass():
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Linear(4, 6), nn.LayerNorm(6), nn.Unflatten(1, (6, 1)), nn.GroupNorm(3, 6),
+                          nn.Flatten(), nn.Linear(6, 3))
+    x, y = torch.randn(5, 4), torch.randint(0, 3, (5,))
+    cap = GradCapture(model)
+    with cap.capture(x.device):
+        loss = CE(model(x), y).sum()
+    cap.backward(loss)
+    norm_units = [u for u in cap.units if u.kind in ("LayerNorm", "GroupNorm")]
+    assert len(norm_units) == 2
+    for u in norm_units:
+        (call,) = u.calls
+        assert call.args == () and call.grads == () and set(call.reduced) == {"weight", "bias"}
+    linear = [u for u in cap.units if u.kind == "Linear"]
+    assert all(call.args for u in linear for call in u.calls)
+    cap.remove()
+
+
+@settings(max_examples=25, deadline=None)
+@given(data=st.data())
+def test_conv_per_sample_gradients_match_oracle_for_any_geometry(data):
+    # Prepare: a random convolution (1d or 2d; stride, padding, dilation, groups, bias, padding mode)
+    two_d = data.draw(st.booleans(), label="2d")
+    groups = data.draw(st.sampled_from([1, 2]), label="groups")
+    c_in = groups * data.draw(st.integers(1, 3), label="c_in/groups")
+    c_out = groups * data.draw(st.integers(1, 3), label="c_out/groups")
+    k = data.draw(st.integers(1, 3), label="kernel")
+    stride = data.draw(st.integers(1, 2), label="stride")
+    dilation = data.draw(st.integers(1, 2), label="dilation")
+    pad_mode = data.draw(st.sampled_from(["zeros", "reflect", "circular"]), label="padding_mode")
+    padding = data.draw(st.sampled_from([0, 1, "same"] if stride == 1 else [0, 1]), label="padding")
+    if pad_mode != "zeros" and padding == 0:
+        pad_mode = "zeros"
+    bias = data.draw(st.booleans(), label="bias")
+    size = data.draw(st.integers(k * dilation + 1, 7), label="size")
+    mode = data.draw(st.sampled_from(["auto", "ghost", "materialize"]), label="mode")
+    batch = data.draw(st.integers(1, 5), label="batch")
+    seed = data.draw(st.integers(0, 2**16), label="seed")
+    torch.manual_seed(seed)
+    conv_cls = nn.Conv2d if two_d else nn.Conv1d
+    conv = conv_cls(c_in, c_out, k, stride=stride, padding=padding, dilation=dilation, groups=groups, bias=bias,
+                    padding_mode=pad_mode)
+    shape = (batch, c_in, size, size) if two_d else (batch, c_in, size)
+    x = torch.randn(*shape)
+    with torch.no_grad():
+        n_out = conv(x).flatten(1).shape[1]
+    model = nn.Sequential(conv, nn.Tanh(), nn.Flatten(), nn.Linear(n_out, 3))
+    y = torch.randint(0, 3, (batch,))
+    # Execute
+    expected = oracle_grads(model, x, y)
+    got, norms = engine_grads(model, x, y, mode)
+    c = float(norms.median())
+    summed, res, slices, _ = _engine_clipped_sum(model, x, y, c=c, clipping="flat", mode=mode)
+    # Assert: per-example gradients, norms, and the chunked clipped sum
+    for e, g in zip(expected, got):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(res.norms, norms, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(summed, _oracle_clipped_sum(expected, c, "flat", len(slices), slices),
+                               rtol=1e-4, atol=1e-5)

@@ -129,26 +129,64 @@ class MultiheadAttentionGrads(UnitGrads):
         g_qkv = tuple(torch.zeros_like(x) if g is None else g for x, g in zip((q, k, v), g_qkv))
         return (query, key, value), g_qkv, ctx.detach(), g_out
 
-    def sq_norms(self) -> dict[str, torch.Tensor]:
+    def _factors(self) -> list[LinearFactors]:
+        return [*self.blocks, self.out]
+
+    def sq_norms(self, skip: Sequence[str] = ()) -> dict[str, torch.Tensor]:
+        for f in self._factors():
+            f.budget = self.budget
+        want = [n for n in self.params if n not in skip]
         out = {}
-        if "in_proj_weight" in self.params:
+        if "in_proj_weight" in want:
             out["in_proj_weight"] = sum(f.weight_sq_norms() for f in self.blocks)
-        if "in_proj_bias" in self.params:
+        if "in_proj_bias" in want:
             out["in_proj_bias"] = sum(f.bias_sq_norms() for f in self.blocks)
-        if "out_proj.weight" in self.params:
+        if "out_proj.weight" in want:
             out["out_proj.weight"] = self.out.weight_sq_norms()
-        if "out_proj.bias" in self.params:
+        if "out_proj.bias" in want:
             out["out_proj.bias"] = self.out.bias_sq_norms()
         return out
 
     def weighted_sums(self, coef: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        want = [n for n in self.params if n in coef]
         out = {}
-        if "in_proj_weight" in self.params:
+        if "in_proj_weight" in want:
             out["in_proj_weight"] = torch.cat([f.weight_sum(coef["in_proj_weight"]) for f in self.blocks], 0)
-        if "in_proj_bias" in self.params:
+        if "in_proj_bias" in want:
             out["in_proj_bias"] = torch.cat([f.bias_sum(coef["in_proj_bias"]) for f in self.blocks], 0)
-        if "out_proj.weight" in self.params:
+        if "out_proj.weight" in want:
             out["out_proj.weight"] = self.out.weight_sum(coef["out_proj.weight"])
-        if "out_proj.bias" in self.params:
+        if "out_proj.bias" in want:
             out["out_proj.bias"] = self.out.bias_sum(coef["out_proj.bias"])
         return out
+
+    # -- chunked per-sample gradients (the linear maps whose method is 'materialize') ---
+    def chunked(self) -> tuple[str, ...]:
+        out = []
+        if "in_proj_weight" in self.params and all(f.method == "materialize" for f in self.blocks):
+            out.append("in_proj_weight")
+        if "out_proj.weight" in self.params and self.out.method == "materialize":
+            out.append("out_proj.weight")
+        return tuple(out)
+
+    def chunk_cost(self) -> tuple[int, int]:
+        names = self.chunked()
+        kept = sum(f.weight_elements for f in self.blocks) if "in_proj_weight" in names else 0
+        kept += self.out.weight_elements if "out_proj.weight" in names else 0
+        return kept, 0
+
+    def chunk_grads(self, start: int, end: int) -> dict[str, torch.Tensor]:
+        names = self.chunked()
+        out = {}
+        if "in_proj_weight" in names:
+            out["in_proj_weight"] = torch.cat([f.chunk_weight(start, end) for f in self.blocks], 1)
+        if "out_proj.weight" in names:
+            out["out_proj.weight"] = self.out.chunk_weight(start, end)
+        return out
+
+    def demote(self) -> bool:
+        if not self.chunked():
+            return False
+        # A block that stays 'materialize' alone (the others ghost) is fine: its norm
+        # is then computed in sq_norms, and in_proj_weight's sum is book-keeping.
+        return any([f.demote() for f in self._factors()])

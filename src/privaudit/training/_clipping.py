@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -20,12 +21,14 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
+from . import _per_sample
 from ._attention import MultiheadAttentionGrads, mha_is_native
 from ._conv import ConvGrads
 from ._fallback import FallbackGrads
-from ._per_sample import Call, EmbeddingGrads, LinearGrads, UnitGrads, norm_layer_grads
+from ._per_sample import Call, EmbeddingGrads, LinearGrads, UnitGrads, chunk_budget, norm_layer_grads, sq_norm
 
-__all__ = ["ClipResult", "GradCapture", "Unit", "clip_and_accumulate", "find_units", "native_kernel_for"]
+__all__ = ["ClipResult", "GradCapture", "Unit", "clip_and_accumulate", "find_units", "native_kernel_for",
+           "plan_chunks"]
 
 #: Added to per-sample norms before dividing (Opacus' convention), so a zero gradient gets factor 1.
 NORM_EPS = 1e-6
@@ -46,7 +49,13 @@ class _Tap(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, *grads: torch.Tensor) -> Any:
-        ctx.call.grads = tuple(g.detach() for g in grads)
+        # The graph outlives the backward pass as long as the loss is referenced (the
+        # trainer keeps it into the next physical batch): drop its link to the call, or
+        # the call's activations and gradients would stay alive with it.
+        call, ctx.call = ctx.call, None
+        call.grads = tuple(g.detach() for g in grads)
+        if call.eager is not None:
+            call.eager(call)
         return (None, None, *grads)
 
 
@@ -161,6 +170,9 @@ class GradCapture:
             if not pos:
                 return None
             call.out_positions = pos
+            eager = getattr(unit.native, "eager", None)
+            if eager is not None and pos == (0,):
+                call.eager = functools.partial(eager, module)
             unit.calls.append(call)
             tapped = _Tap.apply(self._anchor, call, *(leaves[i] for i in pos))
             tapped = tapped if isinstance(tapped, tuple) else (tapped,)
@@ -205,23 +217,60 @@ class GradCapture:
             if not calls:
                 continue
             for c in calls:
-                for a, v in zip(c.args, c.versions):
-                    if isinstance(a, torch.Tensor) and a._version != v:
-                        raise RuntimeError(
-                            f"The input of layer {u.name or '<root>'} ({type(u.module).__name__}) was "
-                            "modified in place after the layer used it; per-sample gradients would be "
-                            "wrong. Remove the in-place operation (e.g. inplace=True) that follows it.")
+                if c.modified():
+                    raise RuntimeError(
+                        f"The input of layer {u.name or '<root>'} ({type(u.module).__name__}) was "
+                        "modified in place after the layer used it; per-sample gradients would be "
+                        "wrong. Remove the in-place operation (e.g. inplace=True) that follows it.")
             if u.native is not None:
-                out.append(u.native(u.module, calls, self.mode))
+                ug = u.native(u.module, calls, self.mode)
             else:
-                out.append(FallbackGrads(u.module, calls, u.params, self._silenced))
+                ug = FallbackGrads(u.module, calls, u.params, self._silenced)
+            held = {id(t): t for c in calls for t in (*c.args, *(c.grads or ())) if isinstance(t, torch.Tensor)}
+            ug.stored = sum(t.numel() for t in held.values())
+            out.append(ug)
         return out
 
     def release(self) -> None:
         """Drops every stored activation and gradient."""
         for u in self.units:
+            for c in u.calls:  # also when a graph that was not back-propagated still holds the call
+                c.args, c.kwargs, c.grads, c.reduced = (), {}, None, None
             u.calls.clear()
         self._anchor = None
+
+
+def _chunked(ug: Any) -> tuple[str, ...]:
+    # Objects outside this package may implement only sq_norms / weighted_sums.
+    fn = getattr(ug, "chunked", None)
+    return tuple(fn()) if fn is not None else ()
+
+
+def plan_chunks(grads: list[UnitGrads], batch: int) -> tuple[list[int], list[tuple[int, int]]]:
+    """Sets every kernel's memory budget, and returns the kernels whose per-sample
+    gradients are materialised (indices into `grads`) and the example chunks to walk.
+
+    The budget is `CHUNK_FRACTION` of the activations and output gradients held for
+    the batch; when the materialised layers would leave chunks of fewer than
+    `MIN_CHUNK` examples within it, the largest is demoted to ghost norms, repeatedly.
+    """
+    budget = chunk_budget(sum(getattr(ug, "stored", 0) for ug in grads))
+    for ug in grads:
+        if isinstance(ug, UnitGrads):
+            ug.budget = budget
+    floor = min(batch, _per_sample.MIN_CHUNK)
+    while True:
+        fused = [i for i, ug in enumerate(grads) if _chunked(ug)]
+        costs = {i: grads[i].chunk_cost() for i in fused}
+        per_example = sum(k for k, _ in costs.values()) + max((t for _, t in costs.values()), default=0)
+        step = max(1, budget // max(1, per_example))
+        if not fused or step >= floor:
+            break
+        # Demote the kernel keeping the most per example (ties: the later layer).
+        order = sorted(fused, key=lambda i: (costs[i][0], i), reverse=True)
+        if not any(grads[i].demote() for i in order):  # any() stops at the first demoted
+            break
+    return fused, [(s, min(batch, s + step)) for s in range(0, batch, step)] if fused else []
 
 
 def clip_and_accumulate(
@@ -242,23 +291,54 @@ def clip_and_accumulate(
     and the sensitivity, hence the noise, is unchanged (McMahan et al. 2018,
     arXiv 1710.06963v3, Sec. 3, per-layer clipping). Rows with mask False get
     c_i = 0 (padding).
+
+    Order of work: the norms of every factored parameter over the whole batch;
+    then, chunk of examples by chunk, the materialised per-sample gradients of
+    every `chunked()` parameter, whose norms complete those examples' norms, so
+    that their clip factors are known and the chunk's clipped gradients are
+    added to `out` at once (the chunk is then dropped); finally the book-keeping
+    sums of the factored parameters with the factors of the whole batch.
     """
     m = mask.to(torch.float32)
-    sq = [ug.sq_norms() for ug in grads]
-    layer_sq = [sum(d.values(), torch.zeros_like(m)) if d else torch.zeros_like(m) for d in sq]
-    total = torch.sqrt(sum(layer_sq, torch.zeros_like(m)))
-    first: torch.Tensor | None = None
-    if clipping == "flat":
-        c = torch.clamp(max_grad_norm / (total + NORM_EPS), max=1.0) * m
-        coefs = [c] * len(grads)
-        first = c
-    else:
-        c_layer = max_grad_norm / math.sqrt(max(1, num_layers))
-        coefs = [torch.clamp(c_layer / (torch.sqrt(s) + NORM_EPS), max=1.0) * m for s in layer_sq]
-        first = coefs[0] if coefs else m
-    for ug, c in zip(grads, coefs):
-        sums = ug.weighted_sums({n: c for n in ug.params})
+    fused, chunks = plan_chunks(grads, int(m.shape[0]))
+    names = [_chunked(ug) for ug in grads]
+    sq = [ug.sq_norms(skip=n) if n else ug.sq_norms() for ug, n in zip(grads, names)]
+    base = [sum(d.values(), torch.zeros_like(m)) if d else torch.zeros_like(m) for d in sq]
+    base_total = sum(base, torch.zeros_like(m))
+    c_layer = max_grad_norm / math.sqrt(max(1, num_layers))
+
+    def factors(layer_sq: list[torch.Tensor], total_sq: torch.Tensor, mk: torch.Tensor) -> list[torch.Tensor]:
+        if clipping == "flat":
+            c = torch.clamp(max_grad_norm / (torch.sqrt(total_sq) + NORM_EPS), max=1.0) * mk
+            return [c] * len(layer_sq)
+        return [torch.clamp(c_layer / (torch.sqrt(s) + NORM_EPS), max=1.0) * mk for s in layer_sq]
+
+    parts: dict[int, list[torch.Tensor]] = {i: [] for i in fused}
+    for s, e in chunks:
+        chunk = {i: grads[i].chunk_grads(s, e) for i in fused}
+        extra = {i: sum((sq_norm(g) for g in chunk[i].values()), torch.zeros_like(m[s:e])) for i in fused}
+        layer_sq = [b[s:e] + extra[i] if i in extra else b[s:e] for i, b in enumerate(base)]
+        total_sq = base_total[s:e]
+        for i in fused:
+            total_sq = total_sq + extra[i]
+        coefs = factors(layer_sq, total_sq, m[s:e])
+        for i in fused:
+            parts[i].append(extra[i])
+            for n, g in chunk[i].items():
+                acc = out[grads[i].params[n]]
+                acc.add_(torch.tensordot(coefs[i].to(g.dtype), g, dims=1).to(acc.dtype))
+        del chunk
+    # The same sums in the same order as in the chunks: the factors below are bitwise
+    # those the chunks used.
+    layer_sq = [b + torch.cat(parts[i]) if i in parts else b for i, b in enumerate(base)]
+    total_sq = base_total
+    for i in fused:
+        total_sq = total_sq + torch.cat(parts[i])
+    coefs = factors(layer_sq, total_sq, m)
+    for ug, c, skip in zip(grads, coefs, names):
+        sums = ug.weighted_sums({n: c for n in ug.params if n not in skip})
         for n, g in sums.items():
             acc = out[ug.params[n]]
             acc.add_(g.to(acc.dtype))
-    return ClipResult(norms=total.detach(), factors=first.detach())
+    first = coefs[0] if coefs else m
+    return ClipResult(norms=torch.sqrt(total_sq).detach(), factors=first.detach())
