@@ -5,6 +5,9 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from privaudit.training._config import (
     MAX_AUTO_OVER_EXPECTED,
@@ -37,3 +40,23 @@ def test_passes_never_hold_more_rows_than_the_expected_batch():
     assert auto_physical_batch_size(expected_batch_size=16, dataset_size=128, sampling_rate=0.125) == 16
     assert auto_physical_batch_size(expected_batch_size=32, dataset_size=256, sampling_rate=0.125) == 32
     assert auto_physical_batch_size(expected_batch_size=1024, dataset_size=8192, sampling_rate=0.125) == 544
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(0, 300), size=st.integers(1, 64), round_to=st.sampled_from([None, 1, 8, 16]))
+def test_physical_batches_cover_every_row_once_and_pad_only_the_last(n, size, round_to):
+    from privaudit.training._sampler import physical_batches
+
+    indices = torch.randperm(1000)[:n]
+    batches = list(physical_batches(indices, physical_batch_size=size, round_to=round_to))
+    assert len(batches) == -(-n // size)
+    real = torch.cat([b.indices[b.mask] for b in batches]) if batches else torch.empty(0, dtype=indices.dtype)
+    assert torch.equal(real, indices)  # in order, each row once
+    for i, b in enumerate(batches):
+        width = int(b.mask.numel())
+        assert b.num_real == int(b.mask.sum()) and bool(b.mask[: b.num_real].all())
+        if i < len(batches) - 1 or round_to is None:
+            assert width == size  # fixed shapes, except a rounded last batch
+        else:
+            assert b.num_real <= width <= size and (width == size or width % round_to == 0)
+            assert width - b.num_real < round_to

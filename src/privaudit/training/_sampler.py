@@ -130,21 +130,35 @@ class PhysicalBatch:
         self.num_real = num_real
 
 
-def physical_batches(indices: torch.Tensor, *, physical_batch_size: int) -> Iterator[PhysicalBatch]:
+def physical_batches(indices: torch.Tensor, *, physical_batch_size: int,
+                     round_to: int | None = None) -> Iterator[PhysicalBatch]:
     """Splits a logical batch into ceil(len / size) physical batches of exactly `size` rows.
 
     Padding rows point at example 0 and have mask False: the engine gives them
     loss weight 0 and clip factor 0, so they contribute exactly nothing. An
     empty logical batch yields no physical batch (the step still adds noise).
+
+    With `round_to`, the last (partial) batch is padded only up to a multiple of
+    `round_to` rows instead of the full size: a few distinct shapes instead of one,
+    which costs nothing on CPU and saves the padded rows (on GPU fixed shapes avoid
+    re-tuning kernels per shape, so the engine keeps `round_to=None` there).
+
+    >>> [int(b.mask.numel()) for b in physical_batches(torch.arange(21), physical_batch_size=16, round_to=8)]
+    [16, 8]
     """
     _validate.integer(minimum=1, physical_batch_size=physical_batch_size)
+    if round_to is not None:
+        _validate.integer(minimum=1, round_to=round_to)
     n = int(indices.numel())
     for start in range(0, n, physical_batch_size):
         chunk = indices[start : start + physical_batch_size]
         real = int(chunk.numel())
-        mask = torch.ones(physical_batch_size, dtype=torch.bool)
-        if real < physical_batch_size:
-            pad = torch.zeros(physical_batch_size - real, dtype=indices.dtype)
+        size = physical_batch_size
+        if round_to is not None and real < physical_batch_size:
+            size = min(physical_batch_size, -(-real // round_to) * round_to)
+        mask = torch.ones(size, dtype=torch.bool)
+        if real < size:
+            pad = torch.zeros(size - real, dtype=indices.dtype)
             chunk = torch.cat([chunk, pad])
             mask[real:] = False
         yield PhysicalBatch(chunk, mask, real)
