@@ -33,6 +33,10 @@ External models (`npz=`): a `.npz` file (read with `allow_pickle=False`) with
 LOSS needs only the first three; LiRA and RMIA need the shadow arrays too.
 Results are written into the `run_dir` folder given (created if needed).
 
+A federated run (`privaudit train --federated`): members are the training rows
+of all clients, non-members the held-out split; only ``loss`` is supported
+(shadow training for federated runs is not, so LiRA and RMIA are refused).
+
 delta for the epsilon lower bound: the run's delta for a DP run; 1e-5 for a
 non-private run or an npz (there is no guarantee to test; the report says so).
 """
@@ -467,6 +471,16 @@ def _run_source(target: Any) -> dict[str, Any]:
     if target.run.summary_path.is_file():
         summary = target.run.read_summary()
     resolved = target.config.get("resolved") or {}
+    if target.federated:
+        return {
+            "kind": "run", "run_dir": str(target.run.path), "run_name": target.run.name, "federated": True,
+            "private": target.private, "dp": s.dp, "epsilon": summary.get("epsilon"),
+            "delta": s.delta if target.private else None, "noise_multiplier": resolved.get("noise_multiplier"),
+            "data": s.data, "model": s.model, "rounds": summary.get("rounds", s.rounds),
+            "num_clients": resolved.get("num_clients"), "batch_size": s.batch_size, "lr": s.lr,
+            "test_accuracy": summary.get("test_accuracy"), "split_seed": s.split_seed,
+            "test_fraction": s.test_fraction,
+            "members": "the training rows of all clients (federation.json); non-members: the held-out split"}
     return {
         "kind": "run", "run_dir": str(target.run.path), "run_name": target.run.name, "private": not s.no_dp,
         "epsilon": summary.get("epsilon"), "delta": None if s.no_dp else s.delta,
@@ -547,6 +561,10 @@ def run_attack(
         from ._shadow_run import load_run, shadows_for_run
 
         target = load_run(run_dir, device=device)
+        if target.federated and any(n != "loss" for n in names):
+            from ._shadow_run import federated_shadows_error
+
+            raise federated_shadows_error([n for n in names if n != "loss"])
         out_dir = target.run.path
         source = _run_source(target)
         shadow_set = None

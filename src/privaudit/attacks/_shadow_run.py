@@ -7,6 +7,13 @@ trains on a random half of that population with the target's own settings
 C, sigma and the clipping mode); the target is then attacked on every
 population point, with membership = "in the train split".
 
+A federated run (`privaudit train --federated`, `[resolved].federated = true`)
+is attacked the same way, with members = the training rows of all clients (the
+union of federation.json's `client_examples`, which must equal the split's
+members) and non-members = the held-out split. Its shadow models would have to
+replay the federation (partition, client sampling, local training, DP-FedAvg):
+that is not supported, and `shadows_for_run` refuses (`RunTarget.federated`).
+
 Note that the population's features are those the run trained on: for data
 standardised with the train split's statistics (breast-cancer, CSV/Parquet),
 the attacker is handed the target's preprocessing, as in the usual LiRA setup.
@@ -15,6 +22,7 @@ the attacker is handed the target's preprocessing, as in the usual LiRA setup.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..training._fed_settings import FederatedSettings
 from ..training._job import TrainSettings, _device, _load_data, build_for
 from ..training._rundir import RunDir
 from ._model_signals import resolve_augment, stacked_model_logits
@@ -39,19 +48,20 @@ class RunTarget:
 
     Attributes:
         run: the opened run directory.
-        settings: the run's training settings.
+        settings: the run's training settings (`FederatedSettings` for a federated run).
         config: the run's whole config.toml.
         inputs, labels: the population (train split, then held-out split).
         membership: bool (n,), True for the train split (the target's members).
         dataset_indices: (n,) each population row's index in the original dataset.
         model: the trained target model (eval mode).
         model_fn: `model_fn(seed)` builds a fresh model of the run's architecture.
-        shadow_config: the target's training settings, for the shadows.
+        shadow_config: the target's training settings, for the shadows (None for a federated run:
+            its shadows are not supported).
         device: where models run.
     """
 
     run: RunDir
-    settings: TrainSettings
+    settings: TrainSettings | FederatedSettings
     config: dict[str, Any]
     inputs: torch.Tensor
     labels: torch.Tensor
@@ -59,11 +69,17 @@ class RunTarget:
     dataset_indices: np.ndarray
     model: nn.Module
     model_fn: Callable[[int], nn.Module]
-    shadow_config: ShadowConfig
+    shadow_config: ShadowConfig | None
     device: torch.device
 
     @property
+    def federated(self) -> bool:
+        return isinstance(self.settings, FederatedSettings)
+
+    @property
     def private(self) -> bool:
+        if isinstance(self.settings, FederatedSettings):
+            return self.settings.dp != "none"
         return not self.settings.no_dp
 
 
@@ -83,6 +99,9 @@ def load_run(run_dir: str | Path, *, device: str = "auto") -> RunTarget:
             no longer matches the dataset the settings load.
     """
     rd = RunDir.open(run_dir)
+    config = rd.read_config()
+    if (config.get("resolved") or {}).get("federated"):
+        return _load_federated(rd, config, device)
     config, settings = _settings(rd)
     if not rd.split_path.is_file():
         raise ValueError(f"Run directory {str(rd.path)!r} has no split.json: the members are unknown.")
@@ -137,7 +156,59 @@ def load_run(run_dir: str | Path, *, device: str = "auto") -> RunTarget:
                      model=model, model_fn=model_fn, shadow_config=shadow_config, device=dev)
 
 
+def _load_federated(rd: RunDir, config: dict[str, Any], device: str) -> RunTarget:
+    """`load_run` for a federated run: members = every client's training rows, non-members = held-out."""
+    from ..training._fed_build import build_federated_model, load_federation
+
+    stored = config.get("settings")
+    if not isinstance(stored, dict):
+        raise ValueError(f"{str(rd.config_path)!r} has no [settings] table: not a privaudit training run.")
+    settings = FederatedSettings.from_mapping(stored)
+    for path, what in ((rd.split_path, "split.json: the members are unknown"),
+                       (rd.path / "federation.json", "federation.json: the clients' examples are unknown"),
+                       (rd.model_path, "model.safetensors: train it first")):
+        if not path.is_file():
+            raise ValueError(f"Federated run directory {str(rd.path)!r} has no {what}.")
+    split = rd.read_split()
+    ds = load_federation(settings).ds
+    if (list(split.get("members", [])) != ds.train_indices.tolist()
+            or list(split.get("non_members", [])) != ds.test_indices.tolist()):
+        raise ValueError(f"{str(rd.split_path)!r} does not match the split that the run's settings load "
+                         f"(data {settings.data!r}, split_seed {settings.split_seed}).")
+    federation = json.loads((rd.path / "federation.json").read_text(encoding="utf-8"))
+    examples = (federation.get("partition") or {}).get("client_examples")
+    if not isinstance(examples, list):
+        raise ValueError(f"{str(rd.path / 'federation.json')!r} lacks partition.client_examples.")
+    held = sorted(int(i) for client in examples for i in client)
+    if held != sorted(ds.train_indices.tolist()):
+        raise ValueError(f"{str(rd.path / 'federation.json')!r}: the clients' examples are not the split's "
+                         "members.")
+    dev = _device(device)
+
+    def model_fn(seed: int) -> nn.Module:
+        with torch.random.fork_rng(devices=[]):
+            return build_federated_model(dataclasses.replace(settings, seed=int(seed)), ds)
+
+    model = model_fn(settings.seed)
+    model.load_state_dict(rd.load_weights())
+    model.to(dev).eval()
+    inputs = torch.from_numpy(np.ascontiguousarray(np.concatenate([ds.x_train, ds.x_test])))
+    labels = torch.from_numpy(np.concatenate([ds.y_train, ds.y_test]).astype(np.int64))
+    membership = np.concatenate([np.ones(ds.n_train, bool), np.zeros(ds.n_test, bool)])
+    return RunTarget(run=rd, settings=settings, config=config, inputs=inputs, labels=labels,
+                     membership=membership, dataset_indices=np.concatenate([ds.train_indices, ds.test_indices]),
+                     model=model, model_fn=model_fn, shadow_config=None, device=dev)
+
+
+def federated_shadows_error(attacks: list[str] | tuple[str, ...]) -> ValueError:
+    """The refusal of shadow-model attacks on a federated run."""
+    return ValueError(f"Attack(s) {', '.join(attacks)} need shadow models: shadow training for federated runs "
+                      "is not supported; use --attack loss.")
+
+
 def shadow_spec(target: RunTarget, *, num_models: int, seed: int) -> ShadowSpec:
+    if target.shadow_config is None:
+        raise federated_shadows_error(["lira", "rmia"])
     with torch.random.fork_rng(devices=[]):
         template = target.model_fn(0)
     architecture = {
@@ -153,6 +224,7 @@ def shadow_spec(target: RunTarget, *, num_models: int, seed: int) -> ShadowSpec:
 
 def _train(target: RunTarget, spec: ShadowSpec, models: list[int], augment: str,
            on_step: Callable[[int, int], None] | None) -> ShadowSet:
+    assert target.shadow_config is not None
     n = int(target.labels.shape[0])
     membership = assign_membership(num_models=spec.num_models, num_examples=n, seed=spec.seed)
     seeds = shadow_seeds(num_models=spec.num_models, seed=spec.seed)
@@ -193,6 +265,8 @@ def shadows_for_run(
     missing); else all K models are trained. With `shard=(i, n)`: only that
     shard's models are trained (or loaded) and saved under `shards/i-of-n/`.
     """
+    if target.shadow_config is None:
+        raise federated_shadows_error(["lira", "rmia"])
     augment = resolve_augment(augment, input_ndim=target.inputs.dim())
     cache = ShadowCache(target.run.path / "shadows")
     spec = shadow_spec(target, num_models=num_models, seed=seed)

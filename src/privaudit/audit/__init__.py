@@ -16,6 +16,11 @@ The statistics, the canaries and `audit` itself import without torch; the
 trainers (`BuiltinTrainer`, `TrainingOptions`, `load_trainer`) load torch on
 first use, through the module's `__getattr__`.
 
+One-shot empirical privacy ESTIMATION of a DP-FedAvg run (Andrew et al. 2023)::
+
+    est = fed_oneshot_estimate(FederatedSettings(dp="client", ...), canaries=100)
+    est.epsilon_claimed, est.epsilon_estimate  # an estimate, not a bound
+
 >>> from privaudit.audit import one_run_epsilon
 >>> round(one_run_epsilon(m=1000, r=1000, v=1000, delta=0.0, alpha=0.05), 2)
 5.81
@@ -45,6 +50,10 @@ from ._canaries import Trainer as Trainer
 from ._canaries import TrainerOutput as TrainerOutput
 from ._canaries import draw_membership as draw_membership
 from ._canaries import make_input_canaries as make_input_canaries
+from ._fed_oneshot import FedOneShotEstimate as FedOneShotEstimate
+from ._fed_oneshot import fed_oneshot_estimate as fed_oneshot_estimate
+from ._fed_oneshot import gaussian_pair_epsilon as gaussian_pair_epsilon
+from ._fed_oneshot import write_fed_oneshot as write_fed_oneshot
 from ._gdp_fit import GdpEstimate as GdpEstimate
 from ._gdp_fit import gdp_fit as gdp_fit
 from ._one_run import OneRunBound as OneRunBound
@@ -61,6 +70,7 @@ __all__ = [
     "BuiltinTrainer",
     "EpsilonBound",
     "Explicit",
+    "FedOneShotEstimate",
     "GdpEstimate",
     "GradientCanaries",
     "InputCanaries",
@@ -77,6 +87,8 @@ __all__ = [
     "draw_membership",
     "epsilon_from_rates",
     "epsilon_lower_bound",
+    "fed_oneshot_estimate",
+    "gaussian_pair_epsilon",
     "gdp_fit",
     "load_trainer",
     "make_input_canaries",
@@ -85,6 +97,7 @@ __all__ = [
     "one_run_p_value",
     "one_run_two_sided",
     "write_audit",
+    "write_fed_oneshot",
 ]
 
 #: Names served by `__getattr__` from `._trainers`, which imports torch.

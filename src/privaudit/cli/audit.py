@@ -9,12 +9,16 @@ from typing import Any
 
 import click
 
-from ._errors import bad_input_as_exit_2
+from ._errors import BadInput, bad_input_as_exit_2
 
 __all__ = ["audit"]
 
 #: Exit code when a rigorous lower bound exceeds the claimed epsilon.
 EXIT_FAIL = 3
+#: The trainer name of one-shot estimation for DP-FedAvg.
+FED_TRAINER = "dp-fedavg"
+#: Options of the canary audits that one-shot estimation does not take.
+_NOT_FED = ("threat", "runs", "alpha", "canary_kind", "epochs", "sampling_rate", "hidden", "max_grad_norm")
 
 
 def _default_out(trainer: str, threat: str, epsilon: float, canaries: int, runs: int, seed: int) -> Path:
@@ -45,6 +49,15 @@ def _default_out(trainer: str, threat: str, epsilon: float, canaries: int, runs:
               help="Built-in trainers: Poisson rate q (default 0.1; 1 = full-batch DP-GD).")
 @click.option("--hidden", type=int, help="Built-in trainers: MLP hidden width (default 256).")
 @click.option("--max-grad-norm", type=float, help="Built-in trainers: clipping norm C.")
+@click.option("--clients", type=int, help="dp-fedavg: real clients N (default 10).")
+@click.option("--rounds", type=int, help="dp-fedavg: rounds (default 50).")
+@click.option("--client-rate", type=float, help="dp-fedavg: Poisson client rate q (default: every client, "
+                                                 "unless --clients-per-round).")
+@click.option("--clients-per-round", type=int, help="dp-fedavg: k clients per round without replacement.")
+@click.option("--local-steps", type=int, help="dp-fedavg: local SGD steps per round (default: one local epoch).")
+@click.option("--clip", type=float, help="dp-fedavg: bound S on each client update's norm (default 1).")
+@click.option("--model", help="dp-fedavg: model (default mlp).")
+@click.option("--null-directions", type=int, help="dp-fedavg: unobserved random directions (default 1000).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False),
               help="Folder for audit.json and the plots (default: audits/<trainer>-<threat>-...).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
@@ -52,18 +65,36 @@ def _default_out(trainer: str, threat: str, epsilon: float, canaries: int, runs:
 @click.pass_context
 def audit(ctx: click.Context, trainer: str, epsilon: float, delta: float, canaries: int, threat: str, runs: int,
           data: str, alpha: float, seed: int, canary_kind: str, epochs: float | None, sampling_rate: float | None,
-          hidden: int | None, max_grad_norm: float | None, out_dir: str | None, as_json: bool, quiet: bool) -> None:
+          hidden: int | None, max_grad_norm: float | None, clients: int | None, rounds: int | None,
+          client_rate: float | None, clients_per_round: int | None, local_steps: int | None, clip: float | None,
+          model: str | None, null_directions: int | None, out_dir: str | None, as_json: bool, quiet: bool) -> None:
     """Audit a DP trainer: insert canaries, train, bound epsilon from below, compare with the claim.
 
     Exit status: 0 PASS (no evidence against the claim), 3 FAIL (a rigorous lower
     bound exceeds the claimed epsilon), 2 bad input.
+
+    --trainer dp-fedavg: one-shot empirical privacy ESTIMATION of a DP-FedAvg run
+    (Andrew et al. 2023): --canaries canary clients with fixed random updates join
+    the run's clients, the noise is calibrated to --epsilon, and the estimate (not a
+    bound, so no verdict; exit 0) comes from their cosines with the final model delta.
 
     \b
     Examples:
       privaudit audit --trainer privaudit --epsilon 2 --canaries 1000 --threat whitebox
       privaudit audit --trainer broken-no-clipping --epsilon 2 --canaries 1000 --threat whitebox
       privaudit audit --trainer mypkg.train:dp_train --epsilon 4 --canaries 500 --threat blackbox
+      privaudit audit --trainer dp-fedavg --epsilon 2 --canaries 100 --clients 20 --rounds 20 --client-rate 0.5
     """
+    fed_flags = {"clients": clients, "rounds": rounds, "client_rate": client_rate,
+                 "clients_per_round": clients_per_round, "local_steps": local_steps, "clip": clip, "model": model,
+                 "null_directions": null_directions}
+    if trainer.strip() == FED_TRAINER:
+        _fed_oneshot(ctx, epsilon=epsilon, delta=delta, canaries=canaries, data=data, seed=seed,
+                     flags=fed_flags, out_dir=out_dir, as_json=as_json, quiet=quiet)
+        return
+    given_fed = [k for k, v in fed_flags.items() if v is not None]
+    if given_fed:
+        raise BadInput(f"--{given_fed[0].replace('_', '-')} applies to --trainer {FED_TRAINER} only.")
     from ..audit import audit as run_audit
     from ..audit import write_audit
 
@@ -119,3 +150,42 @@ def _print(result: Any, written: list[Path]) -> None:
         lines.append("  verdict: PASS: the lower bound does not exceed the claim (consistent; not a proof)")
     lines.append(f"  wrote {', '.join(str(p) for p in written)}")
     click.echo("\n".join(lines))
+
+
+def _fed_oneshot(ctx: click.Context, *, epsilon: float, delta: float, canaries: int, data: str, seed: int,
+                 flags: dict[str, Any], out_dir: str | None, as_json: bool, quiet: bool) -> None:
+    """`--trainer dp-fedavg`: one-shot estimation of a DP-FedAvg run; prints claim and estimate, writes audit.json."""
+    for key in _NOT_FED:
+        if ctx.get_parameter_source(key) not in (None, click.core.ParameterSource.DEFAULT):
+            raise BadInput(f"--{key.replace('_', '-')} does not apply to --trainer {FED_TRAINER}.")
+    from ..audit import fed_oneshot_estimate, write_fed_oneshot
+    from ..training._fed_settings import FederatedSettings
+
+    with bad_input_as_exit_2():
+        null = flags.pop("null_directions")
+        values = {k: v for k, v in flags.items() if v is not None}
+        settings = FederatedSettings(data=data, dp="client", target_epsilon=epsilon, delta=delta, seed=seed,
+                                     **values)
+        progress = None if (quiet or as_json) else (lambda msg: click.echo(msg, err=True))
+        result = fed_oneshot_estimate(settings, canaries=canaries, seed=seed, progress=progress,
+                                      **({} if null is None else {"null_directions": null}))
+    out = Path(out_dir) if out_dir else Path("audits") / f"{FED_TRAINER}-oneshot-eps{epsilon:g}-k{canaries}-seed{seed}"
+    written = write_fed_oneshot(result, out)
+    if as_json:
+        payload = result.to_dict()
+        payload["files"] = [str(p) for p in written]
+        click.echo(json.dumps(payload, indent=2))
+        return
+    r = result
+    click.echo("\n".join([
+        f"privaudit audit: {FED_TRAINER} one-shot estimation (Andrew et al. 2023), {r.clients} clients + "
+        f"{r.canaries} canary clients, {r.rounds} rounds, d={r.dimension}, data={data}, seed={seed} "
+        f"({r.seconds:.1f} s)",
+        f"  epsilon claimed (accountant, delta={r.delta:g}):       {r.epsilon_claimed:.4f}   "
+        f"[noise multiplier {r.noise_multiplier:.4f}, S={r.clipping_norm:g}]",
+        f"  epsilon estimate (one-shot, NOT a bound):          {r.epsilon_estimate:.4f}   "
+        f"[N(0, 1/d) vs N(mu_c={r.mu_c:.4g}, sigma_c={r.sigma_c:.4g}); sigma_0={r.sigma_0:.4g}]",
+        f"  epsilon estimate, equal variances (mu-GDP):        {r.epsilon_gdp:.4f}   [mu={r.gdp_mu:.3f}]",
+        f"  null check: {r.null_directions} unobserved directions, mean {r.null_mean:.3g}, std {r.null_std:.3g} "
+        f"(expected 0, {r.sigma_0:.3g})",
+        f"  wrote {', '.join(str(p) for p in written)}"]))

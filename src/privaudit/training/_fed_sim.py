@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -133,12 +133,16 @@ class FederatedSimulation:
         max_clients: clients per vectorised chunk (memory bound).
         remote: train the clients elsewhere instead (`engine` is then ignored); the Flower
             backend passes the SuperNodes here.
+        fixed_updates: clients whose update is fixed instead of trained: client id -> its (P,)
+            update, returned whenever it is sampled (its rows are never used). One-shot privacy
+            estimation inserts its canary clients this way (`privaudit.audit.fed_oneshot_estimate`).
     """
 
     def __init__(self, *, module: nn.Module, x: torch.Tensor, y: torch.Tensor, partition: Partition,
                  local: LocalTraining, aggregator: Aggregator, sampler: ClientSampler, seed: int,
                  engine: str = "vectorised", sample_dp: SampleLevelDP | None = None,
-                 max_clients: int = 1024, remote: RemoteTrainer | None = None) -> None:
+                 max_clients: int = 1024, remote: RemoteTrainer | None = None,
+                 fixed_updates: Mapping[int, torch.Tensor] | None = None) -> None:
         if engine not in ENGINES:
             raise ValueError(f"Expected engine={engine!r} in {list(ENGINES)}.")
         if not isinstance(partition, Partition):
@@ -168,6 +172,13 @@ class FederatedSimulation:
         self.max_clients = int(max_clients)
         self.remote = remote
         self.global_flat = self.layout.flatten(module).clone()
+        self.fixed_updates: dict[int, torch.Tensor] = {}
+        for c, u in (fixed_updates or {}).items():
+            if not 0 <= int(c) < partition.num_clients:
+                raise ValueError(f"Expected fixed_updates' clients in [0, {partition.num_clients}), got {c}.")
+            if not isinstance(u, torch.Tensor) or tuple(u.shape) != (self.layout.size,):
+                raise ValueError(f"Expected client {c}'s fixed update to be a tensor of shape ({self.layout.size},).")
+            self.fixed_updates[int(c)] = u.to(self.device, self.global_flat.dtype)
         self.participation: list[list[int]] = []
         self.client_ledgers: list[PrivacyLedger] = (
             [PrivacyLedger(metadata={"client": k}) for k in range(partition.num_clients)]
@@ -187,7 +198,21 @@ class FederatedSimulation:
         return [[self.seed, int(round_number), int(c)] for c in clients]
 
     def client_updates(self, clients: Sequence[int], *, round_number: int) -> torch.Tensor:
-        """Local training of `clients` in round `round_number`, from the current global model: (K, P)."""
+        """Local training of `clients` in round `round_number`, from the current global model: (K, P).
+
+        Clients in `fixed_updates` do not train: their row is their fixed update.
+        """
+        fixed = [i for i, c in enumerate(clients) if int(c) in self.fixed_updates]
+        if not fixed:
+            return self._trained_updates(clients, round_number=round_number)
+        trained = [i for i, c in enumerate(clients) if int(c) not in self.fixed_updates]
+        out = torch.empty(len(clients), self.layout.size, dtype=self.global_flat.dtype, device=self.device)
+        if trained:
+            out[trained] = self._trained_updates([clients[i] for i in trained], round_number=round_number)
+        out[fixed] = torch.stack([self.fixed_updates[int(clients[i])] for i in fixed])
+        return out
+
+    def _trained_updates(self, clients: Sequence[int], *, round_number: int) -> torch.Tensor:
         rows = [self.partition.clients[int(c)] for c in clients]
         if not rows:
             return torch.zeros(0, self.layout.size, dtype=self.global_flat.dtype, device=self.device)
