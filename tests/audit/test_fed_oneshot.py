@@ -39,7 +39,25 @@ def test_tiny_noise_makes_the_canaries_clearly_visible():
     assert est.mu_c / est.sigma_0 > 3
     assert est.epsilon_estimate > 10 and est.epsilon_gdp > 10
     assert est.epsilon_claimed > 100  # the accountant's claim for sigma = 0.05
-    assert est.canary_rounds.sum() > 0 and est.canary_cosines.shape == (20,)
+    assert est.canary_rounds.sum() > 0 and est.canary_cosines.shape == (est.inserted,)
+    assert 0 < est.inserted < 20 and est.pool_included.sum() == est.inserted
+
+
+def test_the_one_run_bound_fails_a_run_whose_noise_is_far_below_its_claim():
+    # sigma = 0.05 yet a claim of about 1: the rigorous bound must exceed the claim (FAIL).
+    s = FederatedSettings(noise_multiplier=0.05, **TINY)
+    est = fed_oneshot_estimate(s, canaries=200, null_directions=10, seed=1)
+    small_claim = 1.0
+    assert est.epsilon_lower > small_claim  # what any run claiming epsilon = 1 would be refuted by
+    # Most guesses right (an inserted canary that was never sampled in a round looks OUT).
+    assert est.bound["correct"] >= 0.9 * est.bound["guesses"]
+
+
+def test_correct_dp_fedavg_passes_the_one_run_audit():
+    for seed in range(3):
+        est = fed_oneshot_estimate(FederatedSettings(target_epsilon=2.0, **TINY), canaries=100,
+                                   null_directions=10, seed=seed)
+        assert est.verdict == "PASS" and est.epsilon_lower <= est.epsilon_claimed
 
 
 def test_large_noise_estimate_is_near_zero():
@@ -115,9 +133,10 @@ def test_cli_prints_the_claim_and_the_estimate_and_writes_audit_json(tmp_path):
             "--null-directions", "50", "--quiet", "--out", str(out)]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
-    assert "epsilon claimed" in result.output and "NOT a bound" in result.output
+    assert "epsilon claimed" in result.output and "NOT a bound" in result.output and "verdict: PASS" in result.output
     data = json.loads((out / "audit.json").read_text())
     assert data["kind"] == "estimate" and data["canaries"] == 20 and data["dimension"] == 650
+    assert data["verdict"] == "PASS" and data["epsilon_lower"] <= data["epsilon_claimed"]
     assert data["epsilon_claimed"] == pytest.approx(4.0, abs=0.05)
     assert {"epsilon_estimate", "mu_c", "sigma_c", "epsilon_gdp"} <= set(data)
 
@@ -142,5 +161,5 @@ def test_result_is_json_ready():
                                null_directions=3)
     d = est.to_dict()
     json.dumps(d, allow_nan=False)
-    assert d["kind"] == "estimate" and "not a rigorous bound" in d["note"]
+    assert d["kind"] == "estimate" and "ESTIMATE" in d["note"] and "rigorous one-run lower bound" in d["note"]
     assert dataclasses.fields(est)

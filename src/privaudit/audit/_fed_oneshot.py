@@ -17,6 +17,11 @@ mu = mu_c * sqrt(d) (also reported, `epsilon_gdp`).
 This is an ESTIMATE of the privacy an adversary who sees only the final model
 could demonstrate, not a rigorous lower or upper bound: it has no confidence
 level, assumes the cosines are Gaussian, and says nothing about the worst case.
+
+The same run also gives a rigorous bound: the k canaries are drawn from a pool of
+m candidates, each joining independently with probability 1/2, so the cosines of
+all m candidates and their random inclusion are a one-run audit (Steinke, Nasr &
+Jagielski 2023) whose lower bound, at confidence 1 - alpha, decides PASS/FAIL.
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ import scipy.special
 
 from privaudit import _io, _validate
 from privaudit.accounting._gdp_math import gdp_epsilon
+
+from ._auditor import one_run_two_sided
 
 __all__ = ["FedOneShotEstimate", "fed_oneshot_estimate", "gaussian_pair_epsilon", "write_fed_oneshot"]
 
@@ -122,8 +129,14 @@ class FedOneShotEstimate:
         epsilon_estimate: epsilon of N(0, 1/d) vs N(mu_c, sigma_c^2) at `delta`.
         epsilon_gdp: epsilon of mu-GDP with mu = |mu_c| sqrt(d) (equal variances).
         epsilon_claimed: what the accountant claims for the run (canary clients counted as clients).
-        canaries, dimension: k and d.
-        mu_c, sigma_c: mean and std (ddof=1; the null's when k = 1) of the inserted canaries' cosines.
+        canaries, inserted: the pool of m candidate canary clients, and how many of them joined
+            (each independently with probability 1/2; the others are the OUT canaries of the bound).
+        epsilon_lower, bound, verdict: the rigorous one-run lower bound (Steinke, Nasr & Jagielski
+            2023) from the cosines of the m candidates and their random inclusion, at confidence
+            1 - alpha, and FAIL if it exceeds `epsilon_claimed` (else PASS).
+        dimension: d.
+        mu_c, sigma_c: mean and std (ddof=1; the null's when fewer than 2 joined) of the inserted
+            canaries' cosines.
         sigma_0: the null's std, 1/sqrt(d).
         null_directions, null_mean, null_std: k' unobserved directions and their cosines' mean and std
             (a check of the null; not used by the estimate).
@@ -137,6 +150,10 @@ class FedOneShotEstimate:
     epsilon_claimed: float
     delta: float
     canaries: int
+    inserted: int
+    epsilon_lower: float
+    bound: dict[str, Any]
+    verdict: str
     dimension: int
     mu_c: float
     sigma_c: float
@@ -155,11 +172,15 @@ class FedOneShotEstimate:
     canary_cosines: np.ndarray = dataclasses.field(repr=False)
     null_cosines: np.ndarray = dataclasses.field(repr=False)
     canary_rounds: np.ndarray = dataclasses.field(repr=False)
+    pool_cosines: np.ndarray = dataclasses.field(repr=False)
+    pool_included: np.ndarray = dataclasses.field(repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"format": FORMAT, "kind": "estimate",
-                               "note": "An empirical ESTIMATE (Andrew et al. 2023, arXiv 2302.03098), not a "
-                                       "rigorous bound: no confidence level, Gaussian fit of canary cosines."}
+                               "note": "epsilon_estimate / epsilon_gdp: an empirical ESTIMATE (Andrew et al. "
+                                       "2023, arXiv 2302.03098), no confidence level, Gaussian fit of canary "
+                                       "cosines. epsilon_lower: a rigorous one-run lower bound (Steinke, Nasr & "
+                                       "Jagielski 2023) at confidence 1 - alpha, which decides the verdict."}
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
             out[f.name] = v.tolist() if isinstance(v, np.ndarray) else v
@@ -182,14 +203,15 @@ def _unit_rows(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
 
 
 def fed_oneshot_estimate(settings: Any, *, canaries: int, null_directions: int = 1000, seed: int = 0,
-                         progress: Callable[[str], None] | None = None) -> FedOneShotEstimate:
-    """Trains one DP-FedAvg run (embedded simulator) with `canaries` canary clients and estimates epsilon.
+                         alpha: float = 0.05, progress: Callable[[str], None] | None = None) -> FedOneShotEstimate:
+    """Trains one DP-FedAvg run (embedded simulator) with canary clients; estimates and lower-bounds epsilon.
 
     Args:
-        settings: `FederatedSettings` with dp='client' (the canary clients join its N clients,
-            so the accountant and any calibration count N + k clients); nothing is written
-            to `settings.out`.
-        canaries: k >= 1 canary clients.
+        settings: `FederatedSettings` with dp='client' (the canary clients that join are
+            clients of the run, so the accountant and any calibration count them); nothing
+            is written to `settings.out`.
+        canaries: m >= 1 candidate canary clients, each joining with probability 1/2.
+        alpha: 1 - confidence of the one-run lower bound.
         null_directions: k' >= 1 unobserved random directions (never inserted).
         seed: seeds the canary and null directions (training uses `settings.seed`).
         progress: called with a line per round.
@@ -221,7 +243,14 @@ def fed_oneshot_estimate(settings: Any, *, canaries: int, null_directions: int =
     if s.engine == "flower":
         raise ValueError("One-shot estimation runs the embedded simulator: expected engine 'vectorised' or "
                          "'sequential', got 'flower'.")
-    k = int(canaries)
+    m = int(canaries)
+    _validate.in_range(0.0, 1.0, lo_open=True, hi_open=True, alpha=alpha)
+    canary_rng, null_rng, include_rng = (np.random.default_rng(c)
+                                         for c in np.random.SeedSequence([seed, 0x0C05]).spawn(3))
+    # Each candidate joins with probability 1/2, independently of everything else (the one-run
+    # audit's randomisation, Steinke et al. 2023, Sec. 3); the ones left out are its OUT canaries.
+    included = include_rng.random(m) < 0.5
+    k = int(included.sum())
     t0 = time.perf_counter()
     device = _device(s.device)
     fed = load_federation(s)
@@ -238,8 +267,8 @@ def fed_oneshot_estimate(settings: Any, *, canaries: int, null_directions: int =
     aggregator = server.aggregator
     clip = float(aggregator.clipping_norm)  # type: ignore[attr-defined]
     d = sum(p.numel() for p in model.parameters())
-    canary_rng, null_rng = (np.random.default_rng(c) for c in np.random.SeedSequence([seed, 0x0C05]).spawn(2))
-    directions = _unit_rows(canary_rng, k, d)
+    pool = _unit_rows(canary_rng, m, d)
+    directions = pool[included]
     fixed = {n_real + i: torch.from_numpy(clip * directions[i]) for i in range(k)}
     sim = FederatedSimulation(module=model, x=x, y=y, partition=partition, local=fed.local, aggregator=aggregator,
                               sampler=server.sampler, seed=s.seed, engine=s.engine, max_clients=s.max_clients,
@@ -253,17 +282,23 @@ def fed_oneshot_estimate(settings: Any, *, canaries: int, null_directions: int =
     delta_w = sim.global_flat.detach().double().cpu() - initial
     norm = float(delta_w.norm())
     unit_delta = (delta_w / norm).numpy() if norm > 0 else np.zeros(d)
-    cos_c = directions @ unit_delta
+    cos_pool = pool @ unit_delta
+    cos_c = cos_pool[included]
     cos_0 = np.concatenate([_unit_rows(null_rng, min(256, null_directions - i), d) @ unit_delta
                             for i in range(0, int(null_directions), 256)])
     sigma_0 = 1.0 / math.sqrt(d)
-    mu_c = float(np.mean(cos_c))
-    sigma_c = float(np.std(cos_c, ddof=1)) if k > 1 else sigma_0
-    if not sigma_c > 0:
-        sigma_c = 1e-12 * sigma_0
-    eps_est = gaussian_pair_epsilon(mu=mu_c, sigma=sigma_c, sigma0=sigma_0, delta=s.delta)
+    if k:
+        mu_c = float(np.mean(cos_c))
+        sigma_c = float(np.std(cos_c, ddof=1)) if k > 1 else sigma_0
+        if not sigma_c > 0:
+            sigma_c = 1e-12 * sigma_0
+        eps_est = gaussian_pair_epsilon(mu=mu_c, sigma=sigma_c, sigma0=sigma_0, delta=s.delta)
+    else:  # no candidate joined: nothing to estimate from
+        mu_c, sigma_c, eps_est = 0.0, sigma_0, 0.0
     gdp_mu = abs(mu_c) / sigma_0
     eps_gdp = gdp_epsilon(gdp_mu, s.delta)
+    # Higher cosine = more likely IN; the guess uses the scores only, never the inclusion.
+    bound = one_run_two_sided(cos_pool, included, delta=s.delta, alpha=alpha)
     ledger = aggregator.ledger  # type: ignore[attr-defined]
     claimed = make_accountant(s.accountant, neighboring_relation=ledger.neighboring_relation).compose(
         ledger.to_event()).get_epsilon(s.delta)
@@ -276,13 +311,16 @@ def fed_oneshot_estimate(settings: Any, *, canaries: int, null_directions: int =
                 part[c - n_real] += 1
     return FedOneShotEstimate(
         epsilon_estimate=float(eps_est), epsilon_gdp=float(eps_gdp), gdp_mu=float(gdp_mu),
-        epsilon_claimed=float(claimed), delta=s.delta, canaries=k, dimension=int(d), mu_c=mu_c, sigma_c=sigma_c,
+        epsilon_claimed=float(claimed), delta=s.delta, canaries=m, inserted=k,
+        epsilon_lower=float(bound.epsilon), bound=bound.to_dict(),
+        verdict="FAIL" if bound.epsilon > float(claimed) else "PASS", dimension=int(d), mu_c=mu_c, sigma_c=sigma_c,
         sigma_0=sigma_0, null_directions=int(null_directions), null_mean=float(np.mean(cos_0)),
         null_std=float(np.std(cos_0, ddof=1)) if cos_0.size > 1 else math.nan,
         noise_multiplier=float(aggregator.noise_multiplier), clipping_norm=clip,  # type: ignore[attr-defined]
         clients=n_real, rounds=sim.rounds_run, seed=int(seed), test_accuracy=acc,
         seconds=time.perf_counter() - t0, settings={k_: v for k_, v in s.to_dict().items() if v is not None},
-        canary_cosines=cos_c, null_cosines=cos_0, canary_rounds=part)
+        canary_cosines=cos_c, null_cosines=cos_0, canary_rounds=part, pool_cosines=cos_pool,
+        pool_included=included)
 
 
 def write_fed_oneshot(result: FedOneShotEstimate, out_dir: str | Path) -> list[Path]:

@@ -175,17 +175,26 @@ def _fed_oneshot(ctx: click.Context, *, epsilon: float, delta: float, canaries: 
         payload = result.to_dict()
         payload["files"] = [str(p) for p in written]
         click.echo(json.dumps(payload, indent=2))
+        if result.verdict == "FAIL":
+            ctx.exit(3)
         return
     r = result
+    b = r.bound
     click.echo("\n".join([
-        f"privaudit audit: {FED_TRAINER} one-shot estimation (Andrew et al. 2023), {r.clients} clients + "
-        f"{r.canaries} canary clients, {r.rounds} rounds, d={r.dimension}, data={data}, seed={seed} "
-        f"({r.seconds:.1f} s)",
+        f"privaudit audit: {FED_TRAINER} one-shot audit (Andrew et al. 2023), {r.clients} clients + "
+        f"{r.inserted} of {r.canaries} candidate canary clients, {r.rounds} rounds, d={r.dimension}, data={data}, "
+        f"seed={seed} ({r.seconds:.1f} s)",
         f"  epsilon claimed (accountant, delta={r.delta:g}):       {r.epsilon_claimed:.4f}   "
         f"[noise multiplier {r.noise_multiplier:.4f}, S={r.clipping_norm:g}]",
+        f"  epsilon lower bound (one-run, {100 * (1 - b['alpha']):g}% confidence): {r.epsilon_lower:.4f}   "
+        f"[{b['correct']} / {b['guesses']} guesses right]",
         f"  epsilon estimate (one-shot, NOT a bound):          {r.epsilon_estimate:.4f}   "
         f"[N(0, 1/d) vs N(mu_c={r.mu_c:.4g}, sigma_c={r.sigma_c:.4g}); sigma_0={r.sigma_0:.4g}]",
         f"  epsilon estimate, equal variances (mu-GDP):        {r.epsilon_gdp:.4f}   [mu={r.gdp_mu:.3f}]",
         f"  null check: {r.null_directions} unobserved directions, mean {r.null_mean:.3g}, std {r.null_std:.3g} "
         f"(expected 0, {r.sigma_0:.3g})",
+        f"  verdict: {r.verdict}: " + ("the run leaks more than it claims" if r.verdict == "FAIL" else
+                                       "the lower bound does not exceed the claim (consistent; not a proof)"),
         f"  wrote {', '.join(str(p) for p in written)}"]))
+    if r.verdict == "FAIL":
+        ctx.exit(3)
