@@ -36,7 +36,7 @@ CLI = [PY, "-c", "from privaudit.cli import main; main()"]
 #: starting with "@DIR" runs in DIR, the others in the repository root.
 STEPS: dict[str, tuple[str, list[list[str]]]] = {
     "accounting": ("reports/benchmarks/accounting.md", [[PY, "bench/accounting.py"]]),
-    "engine": ("reports/benchmarks/engine.md", [[PY, "bench/engine.py"]]),
+    "engine": ("reports/benchmarks/engine.md", [[PY, "bench/engine.py", "--threads", "1", "--steps", "20"]]),
     "attacks": ("reports/benchmarks/attacks.md", [[PY, "bench/attacks.py"]]),
     "federated": ("reports/benchmarks/federated.md", [[PY, "bench/federated.py", "speed"]]),
     # Run in {tmp} (cwd), so that the report names the run "runs/digits-mlp-eps2-seed0", not a temporary path.
@@ -51,6 +51,10 @@ LONG_STEPS: dict[str, tuple[str, list[list[str]]]] = {
     "audit": ("reports/audit.md", [[PY, "bench/audit.py"]]),
     "utility": ("reports/utility.md", [[PY, "bench/utility.py"]]),
     "train_cli": ("reports/train_cli.md", [[PY, "bench/train_cli.py"]]),
+    "engine_large": ("reports/benchmarks/engine_large_batch.md",
+                     [[PY, "bench/engine.py", "--threads", "1", "--steps", "10", "--models", "cnn,transformer",
+                       "--batch-cnn", "128", "--batch-transformer", "64",
+                       "--out", "reports/benchmarks/engine_large_batch.md"]]),
     "federated_utility": ("reports/federated_digits.md", [[PY, "bench/federated.py", "utility"]]),
 }
 
