@@ -128,7 +128,7 @@ class FedOneShotEstimate:
     Attributes:
         epsilon_estimate: epsilon of N(0, 1/d) vs N(mu_c, sigma_c^2) at `delta`.
         epsilon_gdp: epsilon of mu-GDP with mu = |mu_c| sqrt(d) (equal variances).
-        epsilon_claimed: what the accountant claims for the run (canary clients counted as clients).
+        epsilon_claimed: what the accountant claims for the run (all m candidate canary clients counted as clients).
         canaries, inserted: the pool of m candidate canary clients, and how many of them joined
             (each independently with probability 1/2; the others are the OUT canaries of the bound).
         epsilon_lower, bound, verdict: the rigorous one-run lower bound (Steinke, Nasr & Jagielski
@@ -255,11 +255,15 @@ def fed_oneshot_estimate(settings: Any, *, canaries: int, null_directions: int =
     device = _device(s.device)
     fed = load_federation(s)
     n_real = fed.partition.num_clients
-    # Canary client n_real + i holds one placeholder row (a copy of row 0) that it never trains on.
+    # All m candidates are clients n_real + i, each holding one placeholder row (a copy of row 0) that
+    # it never trains on; a candidate left out sends a zero update, which is exactly its absence from
+    # the clipped sum. So the number of clients, the client sampling and the fixed denominator do not
+    # depend on which candidates joined: the runs for two inclusion vectors differ in one client's
+    # data only, as the accountant's claim (and the one-run audit built on it) assumes.
     rows = fed.partition.num_examples
-    x = torch.cat([fed.x_train, fed.x_train[:1].expand(k, *fed.x_train.shape[1:])])
-    y = torch.cat([fed.y_train, fed.y_train[:1].expand(k)])
-    partition = Partition(clients=(*fed.partition.clients, *(np.array([rows + i]) for i in range(k))),
+    x = torch.cat([fed.x_train, fed.x_train[:1].expand(m, *fed.x_train.shape[1:])])
+    y = torch.cat([fed.y_train, fed.y_train[:1].expand(m)])
+    partition = Partition(clients=(*fed.partition.clients, *(np.array([rows + i]) for i in range(m))),
                           method=fed.partition.method, seed=fed.partition.seed, alpha=fed.partition.alpha)
     fed = dataclasses.replace(fed, partition=partition, x_train=x, y_train=y)
     model = build_federated_model(s, fed.ds).to(device)
@@ -268,8 +272,7 @@ def fed_oneshot_estimate(settings: Any, *, canaries: int, null_directions: int =
     clip = float(aggregator.clipping_norm)  # type: ignore[attr-defined]
     d = sum(p.numel() for p in model.parameters())
     pool = _unit_rows(canary_rng, m, d)
-    directions = pool[included]
-    fixed = {n_real + i: torch.from_numpy(clip * directions[i]) for i in range(k)}
+    fixed = {n_real + i: torch.from_numpy(clip * pool[i] if included[i] else np.zeros(d)) for i in range(m)}
     sim = FederatedSimulation(module=model, x=x, y=y, partition=partition, local=fed.local, aggregator=aggregator,
                               sampler=server.sampler, seed=s.seed, engine=s.engine, max_clients=s.max_clients,
                               fixed_updates=fixed)
@@ -277,8 +280,10 @@ def fed_oneshot_estimate(settings: Any, *, canaries: int, null_directions: int =
     for r in range(1, s.rounds + 1):
         res = sim.run_round()
         if progress is not None:
-            inserted = int(np.sum(res.clients >= n_real))
-            progress(f"round {r}/{s.rounds}: {len(res.clients) - inserted} clients + {inserted} canaries")
+            sampled = np.asarray(res.clients)
+            canary = sampled >= n_real
+            joined = int(included[sampled[canary] - n_real].sum())
+            progress(f"round {r}/{s.rounds}: {int((~canary).sum())} clients + {joined} canaries")
     delta_w = sim.global_flat.detach().double().cpu() - initial
     norm = float(delta_w.norm())
     unit_delta = (delta_w / norm).numpy() if norm > 0 else np.zeros(d)
@@ -304,11 +309,12 @@ def fed_oneshot_estimate(settings: Any, *, canaries: int, null_directions: int =
         ledger.to_event()).get_epsilon(s.delta)
     sim.sync_module()
     acc = float(evaluate(model, fed.x_test, fed.y_test, device=device)[1])
-    part = np.zeros(k, dtype=np.int64)
+    part = np.zeros(m, dtype=np.int64)
     for clients in sim.participation:
         for c in clients:
             if c >= n_real:
                 part[c - n_real] += 1
+    part = part[included]  # rounds taken part in, for the canaries that joined
     return FedOneShotEstimate(
         epsilon_estimate=float(eps_est), epsilon_gdp=float(eps_gdp), gdp_mu=float(gdp_mu),
         epsilon_claimed=float(claimed), delta=s.delta, canaries=m, inserted=k,
