@@ -43,7 +43,7 @@ from ._distributed import DistContext, init_distributed, launched_by_torchrun
 from ._engine import PrivateTrainer, make_private
 from ._models import ACTIVATIONS, MODEL_NAMES, build_model
 from ._recipe import DEFAULT_RECIPE as _RECIPE
-from ._recipe import OPTIMIZERS
+from ._recipe import OPTIMIZERS, make_optimizer
 from ._rundir import RunDir, flatten_state, unflatten_state
 
 __all__ = ["EpochRecord", "TrainResult", "TrainSettings", "train_job"]
@@ -138,9 +138,7 @@ class TrainSettings:
 
     def make_optimizer(self, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
         """Adam(lr) or SGD(lr, momentum), as `optimizer` says."""
-        if self.optimizer == "adam":
-            return torch.optim.Adam(params, lr=self.lr)
-        return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum)
+        return make_optimizer(self.optimizer, params, lr=self.lr, momentum=self.momentum)
 
     def run_name(self) -> str:
         if self.name:

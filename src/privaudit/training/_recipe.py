@@ -27,6 +27,15 @@ __all__ = ["DEFAULT_RECIPE", "Recipe"]
 OPTIMIZERS = ("adam", "sgd")
 
 
+def make_optimizer(name: str, params: Iterable[nn.Parameter], *, lr: float, momentum: float) -> torch.optim.Optimizer:
+    """torch.optim.Adam(lr) (its default betas and eps) or torch.optim.SGD(lr, momentum), by `name`."""
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum)
+    raise ValueError(f"Expected optimizer={name!r} in {list(OPTIMIZERS)}.")
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Recipe:
     """How to train: `make_trainer` turns it, plus data and a target epsilon, into a trainer.
@@ -65,9 +74,7 @@ class Recipe:
         return build_model(self.model, input_shape=input_shape, num_classes=num_classes, **dict(self.model_kwargs))
 
     def make_optimizer(self, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
-        if self.optimizer == "adam":
-            return torch.optim.Adam(params, lr=self.lr)
-        return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum)
+        return make_optimizer(self.optimizer, params, lr=self.lr, momentum=self.momentum)
 
     def make_trainer(
         self,
