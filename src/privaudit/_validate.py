@@ -7,6 +7,7 @@ epsilon several layers down.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 from typing import Any
@@ -95,8 +96,6 @@ def device_name(*, device: str) -> None:
 
 def settings_from_mapping(cls: Any, data: Any, *, what: str) -> Any:
     """`cls(**data)` for a settings dataclass, naming unknown keys and listing the accepted ones."""
-    import dataclasses
-
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:

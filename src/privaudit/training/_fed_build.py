@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from ._data import Dataset, load_dataset
-from ._adaptive import default_count_noise_std
-from ._fed_aggregate import AdaptiveClipping, Aggregator, DpFedAvg, FedAvg, update_noise_multiplier
+from ._adaptive import AdaptiveClipping, default_count_noise_std, update_noise_multiplier
+from ._fed_aggregate import Aggregator, DpFedAvg, FedAvg
 from ._fed_local import LocalTraining
 from ._fed_partition import Partition, partition_by_owner, partition_dirichlet, partition_iid
 from ._fed_settings import FederatedSettings, calibrate_fixed_k, calibrate_poisson, worst_sample_rate

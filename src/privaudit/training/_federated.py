@@ -25,14 +25,14 @@
 True
 """
 
-from ._fed_aggregate import AdaptiveClipping as AdaptiveClipping
+from ._adaptive import AdaptiveClipping as AdaptiveClipping
+from ._adaptive import effective_noise_multiplier as effective_noise_multiplier
+from ._adaptive import update_noise_multiplier as update_noise_multiplier
 from ._fed_aggregate import Aggregator as Aggregator
 from ._fed_aggregate import DpFedAvg as DpFedAvg
 from ._fed_aggregate import DpRoundStats as DpRoundStats
 from ._fed_aggregate import FedAvg as FedAvg
 from ._fed_aggregate import clip_updates as clip_updates
-from ._fed_aggregate import effective_noise_multiplier as effective_noise_multiplier
-from ._fed_aggregate import update_noise_multiplier as update_noise_multiplier
 from ._fed_job import FederatedResult as FederatedResult
 from ._fed_job import RoundRecord as RoundRecord
 from ._fed_job import train_federated as train_federated
