@@ -183,14 +183,15 @@ def make_private(
     if adaptive_clipping is not None and not isinstance(adaptive_clipping, AdaptiveClipping):
         raise ValueError("Expected adaptive_clipping to be privaudit.training.AdaptiveClipping or None, got "
                          f"{type(adaptive_clipping).__name__}.")
-    sigma_b = None if adaptive_clipping is None else default_count_noise_std(adaptive_clipping, q * n)
+    total = None  # the calibrated multiplier of everything a step releases
     if target_epsilon is not None:
         _validate.positive(target_epsilon=target_epsilon)
-        noise_multiplier = calibrate_noise_multiplier(target_epsilon=target_epsilon, target_delta=target_delta,
-                                                      sampling_rate=q, steps=steps, accountant=accountant)
-        if adaptive_clipping is not None:  # the calibrated multiplier covers sum and count together
-            sigma_b = default_count_noise_std(adaptive_clipping, q * n, total_noise_multiplier=noise_multiplier)
-            noise_multiplier = update_noise_multiplier(noise_multiplier, sigma_b)
+        total = calibrate_noise_multiplier(target_epsilon=target_epsilon, target_delta=target_delta,
+                                           sampling_rate=q, steps=steps, accountant=accountant)
+    sigma_b = (None if adaptive_clipping is None
+               else default_count_noise_std(adaptive_clipping, q * n, total_noise_multiplier=total))
+    if total is not None:  # with adaptive clipping, the sum's share of `total` (the count takes the rest)
+        noise_multiplier = total if sigma_b is None else update_noise_multiplier(total, sigma_b)
     # Distributed, each rank sees about 1/W of every batch: size its passes for that share.
     pbs = physical_batch_size or auto_physical_batch_size(expected_batch_size=q * n / world,
                                                           dataset_size=math.ceil(n / world), sampling_rate=q)
