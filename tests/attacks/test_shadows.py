@@ -123,6 +123,29 @@ def test_bmm_backend_in_groups_of_models_equals_all_models_at_once(data, name, m
         torch.testing.assert_close(grouped[n], whole[n], atol=1e-6, rtol=1e-6)
 
 
+def test_fused_adam_equals_the_per_tensor_update_even_for_strided_gradients():
+    # step_all (torch's fused Adam kernel) must give what step (torch.optim.Adam's single-tensor update, op for
+    # op) gives; the kernel misreads strided memory, so a transposed gradient is the case that once failed.
+    from privaudit.attacks._shadows import _Adam
+
+    gen = torch.Generator().manual_seed(0)
+    shapes = {"w": (3, 5, 4), "b": (3, 5)}
+    start = {n: torch.randn(s, generator=gen) for n, s in shapes.items()}
+    cfg = ShadowConfig(epochs=1, batch_size=4, lr=0.05, optimizer="adam", no_dp=True)
+    fused_p, plain_p = ({n: v.clone() for n, v in start.items()} for _ in range(2))
+    fused, plain = _Adam(cfg, fused_p), _Adam(cfg, plain_p)
+    for t in range(1, 6):
+        g = {"w": torch.randn(3, 4, 5, generator=gen).transpose(1, 2), "b": torch.randn(3, 5, generator=gen)}
+        assert not g["w"].is_contiguous()
+        if not fused.step_all(fused_p, g, t):
+            pytest.skip("this torch build has no fused Adam kernel for the device")
+        for n in shapes:
+            plain_p[n] = plain.step(n, plain_p[n], g[n], t, None)
+    for n in shapes:
+        torch.testing.assert_close(fused_p[n], plain_p[n], atol=1e-6, rtol=1e-5)
+        assert not torch.equal(fused_p[n], start[n])
+
+
 def test_bmm_backend_is_chosen_for_plain_mlps_only():
     sequence_model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Flatten(), nn.Linear(15, 2))
     assert mlp_layers(_tanh_mlp(0)) == (True, [("1.weight", "1.bias", "tanh"), ("3.weight", "3.bias", "tanh"),

@@ -130,8 +130,23 @@ class _BmmMlp:
         acts = [h]
         for w, b, act in self.layers:
             wt = params[w].transpose(1, 2)
-            z = torch.bmm(h, wt) if b is None else torch.baddbmm(params[b].unsqueeze(1), h, wt)
-            h = torch.tanh(z) if act == "tanh" else torch.relu(z) if act == "relu" else z
+            if act == "tanh":
+                # tanh(z) = 2 sigmoid(2z) - 1, with the 2 folded into the product: on CPU torch's tanh kernel
+                # measured ~3.5x slower than its sigmoid (614k floats: 2.1 ms vs 0.6 ms, AVX2, one thread),
+                # so this takes about 40% of tanh's time. Differs from torch.tanh by float rounding only.
+                z = (torch.bmm(h, wt).mul_(2.0) if b is None
+                     else torch.baddbmm(params[b].unsqueeze(1), h, wt, beta=2.0, alpha=2.0))
+                h = torch.sigmoid_(z).mul_(2.0).sub_(1.0)
+            elif act == "relu":
+                z = torch.bmm(h, wt) if b is None else torch.baddbmm(params[b].unsqueeze(1), h, wt)
+                h = torch.relu_(z)
+            else:
+                # A narrow output layer (e.g. 10 classes) as W h^T, (K, out, R), returned as its transposed view:
+                # with a short inner-product dimension on the right, h W^T measured 2.2x slower on CPU.
+                wb = params[w]
+                z = (torch.bmm(wb, h.transpose(1, 2)) if b is None
+                     else torch.baddbmm(params[b].unsqueeze(2), wb, h.transpose(1, 2)))
+                h = z.transpose(1, 2)
             acts.append(h)
         return acts
 
