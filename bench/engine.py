@@ -410,7 +410,7 @@ def main() -> None:
         return
     if args.rows:
         rows = [json.loads(line) for line in Path(args.rows).read_text().splitlines() if line.startswith("{")]
-        Path(args.out).write_text(_report(rows, args))
+        Path(args.out).write_text(_keep_summary(Path(args.out), _report(rows, args)))
         return
     common = [sys.executable, __file__, "--device", args.device, "--threads", str(args.threads), "--steps",
               str(args.steps), "--warmup", str(args.warmup), "--memory-steps", str(args.memory_steps),
@@ -430,8 +430,27 @@ def main() -> None:
             print(json.dumps(row), flush=True)
     text = _report(rows, args)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
+    Path(args.out).write_text(_keep_summary(Path(args.out), text))
     print(text)
+
+
+_SUMMARY, _GENERATED = "## Summary (hand-written", "## Generated report"
+
+
+def _keep_summary(out: Path, text: str) -> str:
+    """The new report, with the hand-written summary of an existing report at `out` kept above it (flagged as
+    written for an earlier run: its numbers are that run's, not the tables below)."""
+    old = out.read_text() if out.is_file() else ""
+    if _SUMMARY not in old or _GENERATED not in old:
+        return text
+    summary = old[old.index(_SUMMARY):old.index(_GENERATED)].rstrip()
+    stale = ("_Kept from the previous report by `bench/engine.py`: the summary below was written for an earlier "
+             "run; the generated tables further down are from this one._")
+    if stale not in summary:
+        head, _, rest = summary.partition("\n")
+        summary = f"{head}\n\n{stale}\n{rest}"
+    title, _, body = text.partition("\n")
+    return f"{title}\n\n{summary}\n\n{_GENERATED}\n{body}"
 
 
 if __name__ == "__main__":
