@@ -113,16 +113,17 @@ class _BmmMlp:
     def accepts(self, x: torch.Tensor) -> bool:
         return self.flatten or x.dim() == 3
 
-    def _grouped(self, fn: Callable[..., dict[str, torch.Tensor]], params: dict[str, torch.Tensor],
+    def _grouped(self, fn: Callable[..., None], params: dict[str, torch.Tensor],
                  x: torch.Tensor, *rows: torch.Tensor) -> dict[str, torch.Tensor]:
-        """fn over groups of models (see `GROUP_BYTES`), results concatenated along the model axis."""
+        """fn over groups of models (see `GROUP_BYTES`); fn(params, x, *rows, out) writes one gradient per
+        parameter into `out` (views of one (K, ...) buffer per name, so no concatenation)."""
         k, r = x.shape[0], x.shape[1]
         group = max(1, GROUP_BYTES // max(1, r * self.widest * x.element_size()))
-        if group >= k:
-            return fn(params, x, *rows)
-        parts = [fn({n: v[i:i + group] for n, v in params.items()}, x[i:i + group], *(t[i:i + group] for t in rows))
-                 for i in range(0, k, group)]
-        return {n: torch.cat([part[n] for part in parts]) for n in parts[0]}
+        out = {n: torch.empty_like(v, memory_format=torch.contiguous_format) for n, v in params.items()}
+        for i in range(0, k, group):
+            sl = slice(i, i + group)
+            fn({n: v[sl] for n, v in params.items()}, x[sl], *(t[sl] for t in rows), {n: v[sl] for n, v in out.items()})
+        return out
 
     def forward(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> list[torch.Tensor]:
         """[input a_0, a_1, ..., logits]: each layer's input, then the output; x (K, R, ...)."""
@@ -173,27 +174,25 @@ class _BmmMlp:
         return self._grouped(self._batch_grad, params, x, y, w)
 
     def _batch_grad(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
-                    w: torch.Tensor) -> dict[str, torch.Tensor]:
+                    w: torch.Tensor, out: dict[str, torch.Tensor]) -> None:
         acts, deltas = self.output_grads(params, x, y, w)
-        out: dict[str, torch.Tensor] = {}
         for (wn, bn, _), a, d in zip(self.layers, acts, deltas):
-            out[wn] = torch.bmm(d.transpose(1, 2), a)
+            torch.bmm(d.transpose(1, 2), a, out=out[wn])
             if bn is not None:
-                out[bn] = d.sum(1)
-        return out
+                torch.sum(d, 1, out=out[bn])
 
     def ghost_clipped_sum(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
                           mask: torch.Tensor, coefficients: Callable[..., dict[str, torch.Tensor]]
                           ) -> dict[str, torch.Tensor]:
-        def one(p: dict[str, torch.Tensor], xs: torch.Tensor, ys: torch.Tensor,
-                ms: torch.Tensor) -> dict[str, torch.Tensor]:
-            return self._ghost_clipped_sum(p, xs, ys, ms, coefficients)
+        def one(p: dict[str, torch.Tensor], xs: torch.Tensor, ys: torch.Tensor, ms: torch.Tensor,
+                out: dict[str, torch.Tensor]) -> None:
+            self._ghost_clipped_sum(p, xs, ys, ms, coefficients, out)
 
         return self._grouped(one, params, x, y, mask)
 
     def _ghost_clipped_sum(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
-                           mask: torch.Tensor, coefficients: Callable[..., dict[str, torch.Tensor]]
-                           ) -> dict[str, torch.Tensor]:
+                           mask: torch.Tensor, coefficients: Callable[..., dict[str, torch.Tensor]],
+                           out: dict[str, torch.Tensor]) -> None:
         acts, deltas = self.output_grads(params, x, y, mask)
         sq: dict[str, torch.Tensor] = {}
         for (wn, bn, _), a, d in zip(self.layers, acts, deltas):
@@ -202,12 +201,10 @@ class _BmmMlp:
             if bn is not None:
                 sq[bn] = d_sq
         coef = coefficients(sq, mask)
-        out: dict[str, torch.Tensor] = {}
         for (wn, bn, _), a, d in zip(self.layers, acts, deltas):
-            out[wn] = torch.bmm((d * coef[wn].unsqueeze(2)).transpose(1, 2), a)
-            if bn is not None:
-                out[bn] = torch.einsum("kr,kro->ko", coef[bn], d)
-        return out
+            torch.bmm((d * coef[wn].unsqueeze(2)).transpose(1, 2), a, out=out[wn])
+            if bn is not None:  # sum_r c_r delta_r, as (1 x R) (R x out) per model
+                torch.bmm(coef[bn].unsqueeze(1), d, out=out[bn].unsqueeze(1))
 
 
 def _plain_linears(template: nn.Module) -> dict[str, nn.Linear]:
