@@ -140,10 +140,42 @@ def test_fused_adam_equals_the_per_tensor_update_even_for_strided_gradients():
         if not fused.step_all(fused_p, g, t):
             pytest.skip("this torch build has no fused Adam kernel for the device")
         for n in shapes:
-            plain_p[n] = plain.step(n, plain_p[n], g[n], t, None)
+            plain.step(n, plain_p[n], g[n], t)
     for n in shapes:
         torch.testing.assert_close(fused_p[n], plain_p[n], atol=1e-6, rtol=1e-5)
         assert not torch.equal(fused_p[n], start[n])
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_a_step_of_some_models_leaves_the_others_and_their_state_untouched(optimizer):
+    # Tail steps update only the models still training: the same as stepping those models as a stack of their own.
+    from privaudit.attacks._shadows import _Adam, _SGD
+
+    gen = torch.Generator().manual_seed(1)
+    cfg = ShadowConfig(epochs=1, batch_size=4, lr=0.05, optimizer=optimizer, no_dp=True)
+    make = _Adam if optimizer == "adam" else _SGD
+    params = {"w": torch.randn(4, 3, 2, generator=gen), "b": torch.randn(4, 3, generator=gen)}
+    opt = make(cfg, params)
+    opt.apply(params, {n: torch.randn(v.shape, generator=gen) for n, v in params.items()}, 1)  # non-zero state
+    live = torch.tensor([0, 2])
+    alone_params = {n: v[live].clone() for n, v in params.items()}
+    alone = make(cfg, alone_params)
+    for s_alone, s in zip(alone.state, opt.state):
+        for n in s:
+            s_alone[n].copy_(s[n][live])
+    before = {n: v.clone() for n, v in params.items()}
+    state_before = [{n: v.clone() for n, v in s.items()} for s in opt.state]
+    g = {n: torch.randn(v.shape, generator=gen) for n, v in alone_params.items()}
+    opt.apply(params, g, 2, models=live)
+    alone.apply(alone_params, g, 2)
+    for n in params:
+        torch.testing.assert_close(params[n][live], alone_params[n])
+        assert torch.equal(params[n][[1, 3]], before[n][[1, 3]])
+        assert not torch.equal(params[n][live], before[n][live])
+    for s, s0, s_alone in zip(opt.state, state_before, alone.state):
+        for n in s:
+            torch.testing.assert_close(s[n][live], s_alone[n])
+            assert torch.equal(s[n][[1, 3]], s0[n][[1, 3]])
 
 
 def test_bmm_backend_is_chosen_for_plain_mlps_only():
