@@ -106,6 +106,19 @@ def test_shuffle_sampler_covers_each_example_once_per_epoch():
     assert sorted(epoch.tolist()) == list(range(10))
 
 
+def test_shuffle_sampler_sample_from_maps_the_same_batches_through_values():
+    def sampler() -> ShuffleSampler:
+        return ShuffleSampler(num_examples=10, batch_size=4, generator=torch.Generator().manual_seed(3))
+
+    values = torch.arange(100, 110) * 7
+    plain, mapped = sampler(), sampler()
+    for step in range(8):  # several epochs, each ending in a short batch
+        if step == 5:  # a restored state must not reuse the mapping of the permutation it replaced
+            state = plain.state_dict()
+            mapped.load_state_dict(state)
+        assert torch.equal(mapped.sample_from(values), values[plain.sample()])
+
+
 def test_ledger_steps_equal_optimizer_steps():
     trainer = _trainer()
     calls = []

@@ -191,6 +191,12 @@ class _Plan:
     steps: int
     denominator: float  # q_k * N_k under DP
 
+    def next_batch(self) -> torch.Tensor:
+        """Population rows of this model's next batch."""
+        if isinstance(self.sampler, ShuffleSampler):
+            return self.sampler.sample_from(self.rows)
+        return self.rows[self.sampler.sample()]
+
 
 def _plan(rows: np.ndarray, seed: int, cfg: ShadowConfig, device: torch.device) -> _Plan:
     n = int(rows.shape[0])
@@ -303,7 +309,7 @@ def train_shadows(
             for t in range(total):
                 live = [i for i, p in enumerate(plans) if t < p.steps]
                 if len(live) == len(plans):
-                    grads = _gradients(steps, cfg, params, [p.rows[p.sampler.sample()] for p in plans], plans,
+                    grads = _gradients(steps, cfg, params, [p.next_batch() for p in plans], plans,
                                        x_all, y_all, chunk)
                     update.apply(params, grads, t + 1)
                 else:
@@ -311,7 +317,7 @@ def train_shadows(
                     # of the computation and of the update: their parameters and states stay as they are.
                     idx = torch.tensor(live, device=device)
                     grads = _gradients(steps, cfg, {n: v.index_select(0, idx) for n, v in params.items()},
-                                       [plans[i].rows[plans[i].sampler.sample()] for i in live],
+                                       [plans[i].next_batch() for i in live],
                                        [plans[i] for i in live], x_all, y_all, chunk)
                     update.apply(params, grads, t + 1, models=idx)
                 if on_step is not None:

@@ -98,6 +98,18 @@ class ShuffleSampler:
         self._pos += self.batch_size
         return out
 
+    def sample_from(self, values: torch.Tensor) -> torch.Tensor:
+        """`values[self.sample()]`, with each epoch's permutation mapped through `values` once (the batches
+        are then slices of it): one indexing per epoch instead of one per batch."""
+        batch = self.sample()
+        assert self._perm is not None
+        cache = getattr(self, "_mapped", None)
+        if cache is None or cache[0] is not self._perm or cache[1] is not values:
+            cache = (self._perm, values, values[self._perm])
+            self._mapped = cache
+        start = self._pos - self.batch_size
+        return cache[2][start : start + batch.numel()]
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "kind": self.kind,
