@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import os
 import platform
 import subprocess
@@ -42,6 +43,8 @@ from privaudit.training._recipe import DEFAULT_RECIPE
 from _machine import cpu_model  # bench/_machine.py (scripts run as python bench/NAME.py)
 
 MODELS = {"logreg": {}, "mlp": dict(DEFAULT_RECIPE.model_kwargs)}
+#: Everything from this line on in an existing report is kept when the report is rewritten.
+_KEEP = "<!-- kept: notes written by hand (bench/attacks.py keeps everything from this line on) -->"
 
 
 def _population() -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,7 +107,8 @@ def _machine(device: str, threads: int) -> list[str]:
         load = " / ".join(f"{v:.1f}" for v in os.getloadavg())
     except OSError:
         load = "n/a"
-    lines = [f"- CPU: {cpu}, {os.cpu_count()} logical cores; torch threads: {threads or torch.get_num_threads()}",
+    lines = [f"- CPU: {cpu}, {os.cpu_count()} logical cores; torch's default threads: {threads} (the table's "
+             "'torch threads' column gives each row's setting)",
              f"- load average (1/5/15 min) when the run ended: {load} (the machine is shared; timings are the "
              "best of the repeats)",
              f"- Python {platform.python_version()}, torch {torch.__version__}, device {device}"]
@@ -122,7 +126,8 @@ def _machine(device: str, threads: int) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: leave torch's default)")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 0],
+                        help="torch CPU threads, one table block per value (0: torch's default, all cores)")
     parser.add_argument("--epochs", type=float, default=4.0)
     parser.add_argument("--seq64-epochs", type=float, default=None,
                         help="epochs of the sequential K=64 runs (default: --epochs)")
@@ -132,42 +137,42 @@ def main() -> None:
     parser.add_argument("--no-vmap", action="store_true", help="skip the vmap-backend arm")
     parser.add_argument("--out", default="reports/benchmarks/attacks.md")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    default_threads = torch.get_num_threads()
     x, y = _population()
     r = DEFAULT_RECIPE
     backends = ["auto"] + ([] if args.no_vmap else ["vmap"])
     rows = []
     started = time.perf_counter()
-    for model in args.models:
-        for dp in (False, True):
-            for k in args.ks:
-                membership = assign_membership(num_models=k, num_examples=len(y), seed=0)
-                seeds = shadow_seeds(num_models=k, seed=0)
-                common = dict(batch_size=1, sampling_rate=r.sampling_rate, optimizer=r.optimizer, lr=r.lr,
-                              no_dp=not dp, max_grad_norm=r.max_grad_norm if dp else None,
-                              noise_multiplier=1.0 if dp else None)
-                seq_epochs = args.seq64_epochs if k >= 64 and args.seq64_epochs else args.epochs
-                warm = ShadowConfig(epochs=0.5, **common)
-                for b in backends:
-                    _vectorised(dataclasses.replace(warm, backend=b), model, x, y, membership[:2], seeds[:2],
-                                args.device)
-                _sequential(warm, model, x, y, membership[:1], seeds[:1], args.device)
-                vec = {b: float("inf") for b in backends}
-                seq = float("inf")
-                for _ in range(args.repeats):  # alternated, so that every arm sees the same machine load
-                    for b in backends:
-                        cfg = ShadowConfig(epochs=args.epochs, backend=b, **common)
-                        vec[b] = min(vec[b], _time(lambda: _vectorised(cfg, model, x, y, membership, seeds,
-                                                                       args.device), 1, args.device))
-                    cfg = ShadowConfig(epochs=seq_epochs, **common)
-                    seq = min(seq, _time(lambda: _sequential(cfg, model, x, y, membership, seeds, args.device), 1,
-                                         args.device))
-                vec = {b: v / args.epochs for b, v in vec.items()}
-                seq /= seq_epochs
-                rows.append((model, "DP-SGD" if dp else "no DP", k, args.epochs, seq_epochs, seq, vec))
-                print(f"{model:7s} {'dp' if dp else 'nodp':5s} K={k:3d}  sequential {seq:8.3f} s/epoch  "
-                      + "  ".join(f"{b} {v:8.3f} s/epoch ({seq / v:5.2f}x)" for b, v in vec.items()), flush=True)
+    for threads, model, dp, k in itertools.product(args.threads, args.models, (False, True), args.ks):
+        torch.set_num_threads(threads or default_threads)
+        membership = assign_membership(num_models=k, num_examples=len(y), seed=0)
+        seeds = shadow_seeds(num_models=k, seed=0)
+        common = dict(batch_size=1, sampling_rate=r.sampling_rate, optimizer=r.optimizer, lr=r.lr,
+                      no_dp=not dp, max_grad_norm=r.max_grad_norm if dp else None,
+                      noise_multiplier=1.0 if dp else None)
+        seq_epochs = args.seq64_epochs if k >= 64 and args.seq64_epochs else args.epochs
+        warm = ShadowConfig(epochs=0.5, **common)
+        for b in backends:
+            _vectorised(dataclasses.replace(warm, backend=b), model, x, y, membership[:2], seeds[:2],
+                        args.device)
+        _sequential(warm, model, x, y, membership[:1], seeds[:1], args.device)
+        vec = {b: float("inf") for b in backends}
+        seq = float("inf")
+        for _ in range(args.repeats):  # alternated, so that every arm sees the same machine load
+            for b in backends:
+                cfg = ShadowConfig(epochs=args.epochs, backend=b, **common)
+                vec[b] = min(vec[b], _time(lambda: _vectorised(cfg, model, x, y, membership, seeds,
+                                                               args.device), 1, args.device))
+            cfg = ShadowConfig(epochs=seq_epochs, **common)
+            seq = min(seq, _time(lambda: _sequential(cfg, model, x, y, membership, seeds, args.device), 1,
+                                 args.device))
+        vec = {b: v / args.epochs for b, v in vec.items()}
+        seq /= seq_epochs
+        rows.append((torch.get_num_threads(), model, "DP-SGD" if dp else "no DP", k, args.epochs, seq_epochs,
+                     seq, vec))
+        print(f"threads {torch.get_num_threads()} {model:7s} {'dp' if dp else 'nodp':5s} K={k:3d}  "
+              f"sequential {seq:8.3f} s/epoch  "
+              + "  ".join(f"{b} {v:8.3f} s/epoch ({seq / v:5.2f}x)" for b, v in vec.items()), flush=True)
     minutes = (time.perf_counter() - started) / 60
     hidden = dict(r.model_kwargs)
     lines = ["# Shadow-model training: vectorised vs sequential", "",
@@ -185,16 +190,19 @@ def main() -> None:
              "optimiser and noise code).",
              "All produce the same parameters (tests/attacks/test_shadows.py). Time = seconds per epoch of all K",
              f"models, best of {args.repeats} alternated runs after a warm-up; speedup = sequential / vectorised.", "",
-             "| model | training | K | epochs timed (vectorised / sequential) | sequential s/epoch | "
+             "| torch threads | model | training | K | epochs timed (vectorised / sequential) | sequential s/epoch | "
              + " | ".join(f"vectorised {b} s/epoch | speedup {b}" for b in backends) + " |",
-             "| --- | --- | ---: | ---: | ---: | " + " | ".join("---: | ---:" for _ in backends) + " |"]
-    for model, mode, k, ve, se, seq, vec in rows:
-        lines.append(f"| {model} | {mode} | {k} | {ve:g} / {se:g} | {seq:.3f} | "
+             "| ---: | --- | --- | ---: | ---: | ---: | " + " | ".join("---: | ---:" for _ in backends) + " |"]
+    for threads, model, mode, k, ve, se, seq, vec in rows:
+        lines.append(f"| {threads} | {model} | {mode} | {k} | {ve:g} / {se:g} | {seq:.3f} | "
                      + " | ".join(f"{v:.3f} | {seq / v:.2f}x" for v in vec.values()) + " |")
-    lines += ["", "Machine:", "", *_machine(args.device, args.threads), ""]
+    lines += ["", "Machine:", "", *_machine(args.device, default_threads), ""]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines))
+    kept = ""
+    if out.is_file() and _KEEP in out.read_text():  # hand-written notes survive regeneration
+        kept = out.read_text()[out.read_text().index(_KEEP):]
+    out.write_text("\n".join(lines) + ("\n" + kept if kept else ""))
     print(f"wrote {out}")
 
 
