@@ -21,7 +21,9 @@ the training settings recorded in the report.
     python bench/attack_digits.py                    # writes reports/attacks_digits.md
 
 The report's second section attacks "overfit" non-private targets trained with `--overfit-target FLAGS`
-(default OVERFIT_FLAGS: SGD lr 0.1 momentum 0.9, batch 32, 100 epochs); `--overfit-target ""` skips it.
+(default OVERFIT_FLAGS: MLP 64-4096-10 ReLU, Adam lr 0.02, batch N/6, 800 epochs, the top rung of a
+pre-registered capacity ladder, see the report); `--overfit-target ""` skips it. `--sweep FLAGS` runs the
+cheaper leave-one-out protocol for one training configuration and only prints.
 """
 
 from __future__ import annotations
@@ -42,9 +44,10 @@ from privaudit.training._job import TrainSettings, train_job
 
 ATTACKS = ("loss", "lira_online", "lira_offline", "rmia_online", "rmia_offline")
 FPRS = (0.001, 0.01, 0.1)
-#: Training flags of the "overfit" non-private targets (second report section): plain SGD with momentum, batch 32,
-#: 100 epochs; the largest train/test loss gap at 100% train accuracy among the candidates in the report.
-OVERFIT_FLAGS = "--optimizer sgd --lr 0.1 --momentum 0.9 --batch-size 32 --epochs 100"
+#: Training flags of the "overfit" non-private targets (second report section): the largest network trained
+#: longest on the capacity ladder (ReLU, width 1024/2048/4096 x 200/800 epochs, Adam lr 0.02, batch N/6), a rule
+#: fixed before any rung was attacked (report, "Overfit candidates").
+OVERFIT_FLAGS = "--activation relu --hidden 4096 --epochs 800"
 #: Everything from this line on in an existing report is kept when the report is rewritten.
 _KEEP = "<!-- kept: sweep results (python bench/attack_digits.py --sweep ...) -->"
 
@@ -62,36 +65,46 @@ def _train(settings: TrainSettings) -> tuple[Path, float, float]:
     return rd, result.test_accuracy, time.perf_counter() - t0
 
 
-def _sweep_one(epochs: float, batch: int, lr: float, momentum: float, hidden: int, k: int = 17,
-               targets: int = 4) -> dict[str, tuple[float, float, float]]:
-    """Leave-one-out over k models trained side by side on random halves of digits: models 0..targets-1
-    are attacked in turn with the other k - 1 as shadows; scores pooled. {attack: (AUC, TPR@1%, TPR@0.1%)}."""
+def _sweep_one(overrides: dict[str, object], k: int = 17, targets: int = 4) -> dict[str, tuple[float, float, float]]:
+    """Leave-one-out over k non-private models trained side by side on random halves of digits with the
+    `privaudit train` settings `overrides` (the rest: the default recipe): models 0..targets-1 are attacked in
+    turn with the other k - 1 as shadows; scores pooled. {attack: (AUC, TPR@1%, TPR@0.1%)}, plus "fit":
+    (mean train accuracy, mean test accuracy, seconds)."""
     from privaudit.attacks import AttackInputs, evaluate_attacks, tpr_at_fpr
     from privaudit.attacks._model_signals import stacked_model_logits
     from privaudit.attacks._shadows import ShadowConfig, assign_membership, shadow_seeds, train_shadows
     from privaudit.training import build_model
     from privaudit.training._data import load_dataset
 
+    settings = TrainSettings(no_dp=True, **overrides)
     ds = load_dataset("digits", test_fraction=0.5)
     x = torch.from_numpy(np.concatenate([ds.x_train, ds.x_test]))
     y = torch.from_numpy(np.concatenate([ds.y_train, ds.y_test]))
     mem = assign_membership(num_models=k, num_examples=len(y), seed=0)
     seeds = shadow_seeds(num_models=k, seed=0)
+    started = time.perf_counter()
+    rate = None if settings.batch_size is not None else settings.expected_batch_size(len(y) // 2) / (len(y) // 2)
     template, params = train_shadows(
-        model_fn=lambda s: build_model("mlp", input_shape=(64,), num_classes=10, hidden=hidden),
+        model_fn=lambda s: build_model("mlp", input_shape=(64,), num_classes=10, hidden=settings.hidden,
+                                       activation=settings.activation),
         inputs=x, targets=y, membership=mem, seeds=seeds,
-        config=ShadowConfig(epochs=epochs, batch_size=batch, lr=lr, momentum=momentum, no_dp=True))
+        config=ShadowConfig(epochs=settings.epochs, batch_size=settings.batch_size or 1, sampling_rate=rate,
+                            lr=settings.lr, momentum=settings.momentum, optimizer=settings.optimizer, no_dp=True))
+    seconds = time.perf_counter() - started
     logits = stacked_model_logits(template, params, x)
+    pred, labels = logits[:, 0].argmax(-1), y.numpy()
+    fit = (float(np.mean([(pred[j][mem[j]] == labels[mem[j]]).mean() for j in range(k)])),
+           float(np.mean([(pred[j][~mem[j]] == labels[~mem[j]]).mean() for j in range(k)])), seconds)
     pooled: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {a: ([], []) for a in ATTACKS}
     for t in range(targets):
         others = [j for j in range(k) if j != t]
-        res = evaluate_attacks(AttackInputs(target_logits=logits[t], labels=y.numpy(), membership=mem[t],
+        res = evaluate_attacks(AttackInputs(target_logits=logits[t], labels=labels, membership=mem[t],
                                             shadow_logits=logits[others], shadow_membership=mem[others]),
                                delta=None)
         for n, r in res.items():
             pooled[n][0].append(r.scores)
             pooled[n][1].append(mem[t])
-    out = {}
+    out: dict[str, tuple[float, float, float]] = {"fit": fit}
     for n, (sc, me) in pooled.items():
         s_all, m_all = np.concatenate(sc), np.concatenate(me)
         out[n] = (attack_metrics(scores=s_all, membership=m_all).auc,
@@ -100,12 +113,12 @@ def _sweep_one(epochs: float, batch: int, lr: float, momentum: float, hidden: in
     return out
 
 
-def _sweep(configs: list[list[str]]) -> None:
-    """Prints the leave-one-out results of each configuration EPOCHS,BATCH,LR,MOMENTUM,HIDDEN."""
-    for spec in configs:
-        e, b, lr, m, h = spec
-        res = _sweep_one(float(e), int(b), float(lr), float(m), int(h))
-        print(f"epochs {e} batch {b} lr {lr} momentum {m} hidden {h}: " + "; ".join(
+def _sweep(configs: list[str]) -> None:
+    """Prints the leave-one-out results of each configuration (`privaudit train` flags)."""
+    for flags in configs:
+        res = _sweep_one(_target_flags(flags))
+        train_acc, test_acc, seconds = res.pop("fit")
+        print(f"[{flags}] train acc {train_acc:.4f} test acc {test_acc:.4f} ({seconds:.0f} s): " + "; ".join(
             f"{n} AUC {v[0]:.4f} TPR@1% {100 * v[1]:.2f}% TPR@0.1% {100 * v[2]:.2f}%" for n, v in res.items()),
             flush=True)
 
@@ -244,13 +257,15 @@ def main() -> None:
     parser.add_argument("--skip-dp", action="store_true")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--report", default="reports/attacks_digits.md")
-    parser.add_argument("--sweep", nargs=5, action="append", metavar=("EPOCHS", "BATCH", "LR", "MOMENTUM", "HIDDEN"),
-                        help="only run the leave-one-out protocol (17 models, 4 targets pooled) for this "
-                             "training configuration; repeatable; prints, writes no report")
+    parser.add_argument("--sweep", action="append", metavar="FLAGS",
+                        help="only run the leave-one-out protocol (17 models side by side, models 0-3 attacked in "
+                             "turn with the other 16 as shadows, pooled) for non-private models trained with these "
+                             "`privaudit train` flags (as --overfit-target; \"\" = the default recipe); "
+                             "repeatable; prints, writes no report")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.sweep:
+    if args.sweep is not None:
         _sweep(args.sweep)
         return
     started = time.perf_counter()
