@@ -29,6 +29,7 @@ cheaper leave-one-out protocol for one training configuration and only prints.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
 import shlex
@@ -72,24 +73,23 @@ def _sweep_one(overrides: dict[str, object], k: int = 17, targets: int = 4) -> d
     (mean train accuracy, mean test accuracy, seconds)."""
     from privaudit.attacks import AttackInputs, evaluate_attacks, tpr_at_fpr
     from privaudit.attacks._model_signals import stacked_model_logits
-    from privaudit.attacks._shadows import ShadowConfig, assign_membership, shadow_seeds, train_shadows
-    from privaudit.training import build_model
+    from privaudit.attacks._shadow_run import shadow_config_for
+    from privaudit.attacks._shadows import assign_membership, shadow_seeds, train_shadows
     from privaudit.training._data import load_dataset
+    from privaudit.training._job import build_for
 
-    settings = TrainSettings(no_dp=True, **overrides)
+    settings = TrainSettings(data="digits", no_dp=True, test_fraction=0.5, **overrides)
     ds = load_dataset("digits", test_fraction=0.5)
     x = torch.from_numpy(np.concatenate([ds.x_train, ds.x_test]))
     y = torch.from_numpy(np.concatenate([ds.y_train, ds.y_test]))
     mem = assign_membership(num_models=k, num_examples=len(y), seed=0)
     seeds = shadow_seeds(num_models=k, seed=0)
     started = time.perf_counter()
-    rate = None if settings.batch_size is not None else settings.expected_batch_size(len(y) // 2) / (len(y) // 2)
+    # Each model as a target with these settings would train (on ~half the population), as `run_attack` does.
     template, params = train_shadows(
-        model_fn=lambda s: build_model("mlp", input_shape=(64,), num_classes=10, hidden=settings.hidden,
-                                       activation=settings.activation),
-        inputs=x, targets=y, membership=mem, seeds=seeds,
-        config=ShadowConfig(epochs=settings.epochs, batch_size=settings.batch_size or 1, sampling_rate=rate,
-                            lr=settings.lr, momentum=settings.momentum, optimizer=settings.optimizer, no_dp=True))
+        model_fn=lambda s: build_for(dataclasses.replace(settings, seed=int(s)), ds), inputs=x, targets=y,
+        membership=mem, seeds=seeds,
+        config=shadow_config_for(settings, ds.n_train))
     seconds = time.perf_counter() - started
     logits = stacked_model_logits(template, params, x)
     pred, labels = logits[:, 0].argmax(-1), y.numpy()

@@ -39,7 +39,7 @@ from ._model_signals import resolve_augment, stacked_model_logits
 from ._shadow_cache import ShadowCache, ShadowSet, ShadowSpec, fingerprint, shard_models
 from ._shadows import ShadowConfig, assign_membership, shadow_seeds, train_shadows
 
-__all__ = ["RunTarget", "load_run", "shadows_for_run"]
+__all__ = ["RunTarget", "load_run", "shadow_config_for", "shadows_for_run"]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
@@ -91,6 +91,25 @@ def _settings(rd: RunDir) -> tuple[dict[str, Any], TrainSettings]:
     return config, TrainSettings.from_mapping(stored)
 
 
+def shadow_config_for(settings: TrainSettings, n_train: int, *, expected_batch_size: int | None = None,
+                      noise_multiplier: float | None = None, max_grad_norm: float | None = None) -> ShadowConfig:
+    """How shadow models train to follow a target trained with `settings` on `n_train` examples.
+
+    Without a fixed `batch_size`, every shadow model keeps the target's sampling rate q (the run's
+    resolved `expected_batch_size` / n_train, else the recipe's), and so its step count. DP runs pass
+    the target's resolved `noise_multiplier` and the clipping norm C the shadows use.
+    """
+    batch, rate = settings.batch_size, None
+    if batch is None:
+        batch = int(expected_batch_size or settings.expected_batch_size(n_train))
+        rate = batch / n_train
+    return ShadowConfig(
+        epochs=settings.epochs, batch_size=batch, sampling_rate=rate, optimizer=settings.optimizer,
+        lr=settings.lr, momentum=settings.momentum, no_dp=settings.no_dp,
+        max_grad_norm=None if settings.no_dp else max_grad_norm, noise_multiplier=noise_multiplier,
+        clipping=settings.clipping)
+
+
 def load_run(run_dir: str | Path, *, device: str = "auto") -> RunTarget:
     """Opens a finished training run as an attack target.
 
@@ -128,11 +147,6 @@ def load_run(run_dir: str | Path, *, device: str = "auto") -> RunTarget:
             raise ValueError(f"{str(rd.config_path)!r} lacks [resolved.dp].noise_multiplier for a DP run.")
         noise = float(dp["noise_multiplier"])
     resolved = config.get("resolved") or {}
-    batch = settings.batch_size
-    rate = None
-    if batch is None:  # the recipe's rate q: every shadow model keeps the target's q (and so its step count)
-        batch = int(resolved.get("expected_batch_size") or settings.expected_batch_size(ds.n_train))
-        rate = batch / ds.n_train
     clip = None if settings.no_dp else settings.max_grad_norm
     if settings.adaptive_clip and not settings.no_dp:
         # The shadows clip at a fixed norm: the one the target's adaptive clipping ended with (the
@@ -143,10 +157,8 @@ def load_run(run_dir: str | Path, *, device: str = "auto") -> RunTarget:
             raise ValueError(f"{str(rd.path)!r} used adaptive clipping but its summary.json has no "
                              "final_clipping_norm: finish the run first.")
         clip = float(final)
-    shadow_config = ShadowConfig(
-        epochs=settings.epochs, batch_size=batch, sampling_rate=rate, optimizer=settings.optimizer,
-        lr=settings.lr, momentum=settings.momentum, no_dp=settings.no_dp, max_grad_norm=clip,
-        noise_multiplier=noise, clipping=settings.clipping)
+    shadow_config = shadow_config_for(settings, ds.n_train, expected_batch_size=resolved.get("expected_batch_size"),
+                                      noise_multiplier=noise, max_grad_norm=clip)
 
     def model_fn(seed: int) -> nn.Module:
         return build_for(dataclasses.replace(settings, seed=int(seed)), ds)

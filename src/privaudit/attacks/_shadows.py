@@ -215,16 +215,23 @@ def _plan(rows: np.ndarray, seed: int, cfg: ShadowConfig, device: torch.device) 
     return _Plan(torch.from_numpy(rows), sampler, noise_gen, steps, q * n)
 
 
-def _chunk_size(cfg: ShadowConfig, num_models: int, num_params: int, plans: list[_Plan], ghost: bool) -> int:
+def _chunk_size(cfg: ShadowConfig, num_models: int, num_params: int, plans: list[_Plan], steps: StackedGrads,
+                device: torch.device) -> int:
+    """Rows per model in one vectorised pass, or `_PER_STEP`."""
     if cfg.chunk_size is not None:
         return cfg.chunk_size
     if cfg.no_dp:
         return max(int(p.denominator) for p in plans)
+    if steps.ghost and steps.bmm is not None and device.type == "cpu":
+        # Ghost clipping by batched matrix products holds no per-example gradients, so one pass per step
+        # fits; on CPU, padding each step only to its largest Poisson batch (not to the mean + 4 standard
+        # deviations that a fixed shape needs) saves the padded rows' arithmetic.
+        return _PER_STEP
     # Poisson batches: room for the expected size plus 4 standard deviations (the engine's automatic
     # physical batch), so that almost every step is one pass rather than a second, mostly padded one.
     largest = max(auto_physical_batch_size(expected_batch_size=p.denominator, dataset_size=int(p.rows.numel()),
                                            sampling_rate=p.denominator / int(p.rows.numel())) for p in plans)
-    if ghost:  # no per-example gradients are formed
+    if steps.ghost:  # no per-example gradients are formed
         return largest
     per_row = num_models * num_params * 4
     return max(1, min(largest, cfg.memory_budget // per_row))
@@ -295,12 +302,7 @@ def train_shadows(
     steps = StackedGrads(template, buffers=buffers, max_grad_norm=cfg.max_grad_norm, clipping=cfg.clipping,
                          mode="materialize" if cfg.no_dp else cfg.per_example, backend=cfg.backend,
                          private=not cfg.no_dp)
-    chunk = _chunk_size(cfg, len(selected), num_params, plans, steps.ghost)
-    if cfg.chunk_size is None and not cfg.no_dp and steps.ghost and steps.bmm is not None and device.type == "cpu":
-        # Ghost clipping by batched matrix products holds no per-example gradients, so one pass per step
-        # fits; on CPU, padding each step only to its largest Poisson batch (not to the mean + 4 standard
-        # deviations that a fixed shape needs) saves the padded rows' arithmetic.
-        chunk = _PER_STEP
+    chunk = _chunk_size(cfg, len(selected), num_params, plans, steps, device)
     update = _SGD(cfg, params) if cfg.optimizer == "sgd" else _Adam(cfg, params)
     x_all, y_all = inputs.to(device), targets.to(device)
     total = max(p.steps for p in plans)

@@ -84,6 +84,8 @@ class ShuffleSampler:
         self.generator = generator
         self._perm: torch.Tensor | None = None
         self._pos = 0
+        # sample_from's (permutation, values, values[permutation]) for the current epoch.
+        self._mapped: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     @property
     def batches_per_epoch(self) -> int:
@@ -103,10 +105,9 @@ class ShuffleSampler:
         are then slices of it): one indexing per epoch instead of one per batch."""
         batch = self.sample()
         assert self._perm is not None
-        cache = getattr(self, "_mapped", None)
+        cache = self._mapped
         if cache is None or cache[0] is not self._perm or cache[1] is not values:
-            cache = (self._perm, values, values[self._perm])
-            self._mapped = cache
+            cache = self._mapped = (self._perm, values, values[self._perm])
         start = self._pos - self.batch_size
         return cache[2][start : start + batch.numel()]
 
