@@ -130,9 +130,10 @@ def test_cli_prints_the_claim_and_the_estimate_and_writes_audit_json(tmp_path):
     out = tmp_path / "oneshot"
     args = ["audit", "--trainer", "dp-fedavg", "--epsilon", "4", "--canaries", "20", "--clients", "6",
             "--rounds", "3", "--client-rate", "0.5", "--local-steps", "2", "--model", "logreg",
-            "--null-directions", "50", "--quiet", "--out", str(out)]
+            "--null-directions", "50", "--alpha", "0.1", "--quiet", "--out", str(out)]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
+    assert "90% confidence" in result.output  # --alpha reaches the one-run bound
     assert "epsilon claimed" in result.output and "NOT a bound" in result.output and "verdict: PASS" in result.output
     data = json.loads((out / "audit.json").read_text())
     assert data["kind"] == "estimate" and data["canaries"] == 20 and data["dimension"] == 650

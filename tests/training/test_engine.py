@@ -190,6 +190,23 @@ def test_resume_refuses_a_different_configuration():
         other.load_state_dict(state)
 
 
+def test_no_dp_refuses_adaptive_clipping_instead_of_ignoring_it():
+    from privaudit.training import AdaptiveClipping
+
+    with pytest.raises(ValueError, match="adaptive_clipping=None"):
+        _trainer(no_dp=True, noise_multiplier=None, max_grad_norm=None, adaptive_clipping=AdaptiveClipping())
+
+
+def test_gradient_canaries_refuse_a_trainer_with_adaptive_clipping():
+    # Canaries would enter the clipped sum but not the noisy unclipped count: not canaries as batch rows.
+    from privaudit.audit._whitebox import CanaryInjector
+    from privaudit.training import AdaptiveClipping
+
+    trainer = _trainer(adaptive_clipping=AdaptiveClipping(count_noise_std=5.0))
+    with pytest.raises(ValueError, match="fixed clipping norm"):
+        CanaryInjector(trainer=trainer, canaries=None, generator=torch.Generator().manual_seed(0), record=False)
+
+
 def test_no_dp_equals_plain_minibatch_sgd():
     # Prepare: record the batches the engine draws, then replay them with plain SGD.
     x, y = _data(n=50)

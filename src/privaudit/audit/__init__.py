@@ -16,10 +16,11 @@ The statistics, the canaries and `audit` itself import without torch; the
 trainers (`BuiltinTrainer`, `TrainingOptions`, `load_trainer`) load torch on
 first use, through the module's `__getattr__`.
 
-One-shot empirical privacy ESTIMATION of a DP-FedAvg run (Andrew et al. 2023)::
+A one-run audit of a DP-FedAvg run, with the one-shot estimate of Andrew et al. 2023::
 
     est = fed_oneshot_estimate(FederatedSettings(dp="client", ...), canaries=100)
-    est.epsilon_claimed, est.epsilon_estimate  # an estimate, not a bound
+    est.epsilon_claimed, est.epsilon_lower, est.verdict  # a rigorous lower bound at confidence 1 - alpha
+    est.epsilon_estimate  # an estimate, not a bound
 
 >>> from privaudit.audit import one_run_epsilon
 >>> round(one_run_epsilon(m=1000, r=1000, v=1000, delta=0.0, alpha=0.05), 2)

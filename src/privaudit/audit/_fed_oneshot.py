@@ -123,7 +123,8 @@ def gaussian_pair_epsilon(*, mu: float, sigma: float, sigma0: float, delta: floa
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class FedOneShotEstimate:
-    """The one-shot ESTIMATE of epsilon for a DP-FedAvg run: not a bound, no confidence level.
+    """A DP-FedAvg run's one-run audit: the rigorous lower bound (and verdict) from the candidate canaries, and
+    the one-shot ESTIMATE of epsilon (not a bound, no confidence level) from the inserted ones' cosines.
 
     Attributes:
         epsilon_estimate: epsilon of N(0, 1/d) vs N(mu_c, sigma_c^2) at `delta`.

@@ -254,6 +254,10 @@ class CanaryInjector:
 
         self._clip = clip_and_accumulate
         self._cfg = trainer.config
+        if self._cfg is not None and self._cfg.adaptive is not None:
+            # Canaries would join the clipped sum but not the noisy unclipped count that adaptive clipping
+            # releases: a weaker mechanism than canaries as rows of the batch.
+            raise ValueError("Gradient canaries need a fixed clipping norm (the trainer uses adaptive clipping).")
         self._params: list[nn.Parameter] = trainer.parameters
         self._units = trainer.clipping_units
         self._canaries = canaries

@@ -18,7 +18,7 @@ EXIT_FAIL = 3
 #: The trainer name of one-shot estimation for DP-FedAvg.
 FED_TRAINER = "dp-fedavg"
 #: Options of the canary audits that one-shot estimation does not take.
-_NOT_FED = ("threat", "runs", "alpha", "canary_kind", "epochs", "sampling_rate", "hidden", "max_grad_norm")
+_NOT_FED = ("threat", "runs", "canary_kind", "epochs", "sampling_rate", "hidden", "max_grad_norm")
 
 
 def _default_out(trainer: str, threat: str, epsilon: float, canaries: int, runs: int, seed: int) -> Path:
@@ -73,10 +73,12 @@ def audit(ctx: click.Context, trainer: str, epsilon: float, delta: float, canari
     Exit status: 0 PASS (no evidence against the claim), 3 FAIL (a rigorous lower
     bound exceeds the claimed epsilon), 2 bad input.
 
-    --trainer dp-fedavg: one-shot empirical privacy ESTIMATION of a DP-FedAvg run
-    (Andrew et al. 2023): --canaries canary clients with fixed random updates join
-    the run's clients, the noise is calibrated to --epsilon, and the estimate (not a
-    bound, so no verdict; exit 0) comes from their cosines with the final model delta.
+    --trainer dp-fedavg: a one-run audit of a DP-FedAvg run: --canaries candidate
+    canary clients with fixed random updates each join with probability 1/2, the
+    noise is calibrated to --epsilon counting all of them, and their cosines with the
+    final model delta give a rigorous lower bound at confidence 1 - --alpha (the
+    verdict; exit 3 on FAIL) and the one-shot estimate of Andrew et al. 2023 (an
+    estimate, not a bound).
 
     \b
     Examples:
@@ -89,7 +91,7 @@ def audit(ctx: click.Context, trainer: str, epsilon: float, delta: float, canari
                  "clients_per_round": clients_per_round, "local_steps": local_steps, "clip": clip, "model": model,
                  "null_directions": null_directions}
     if trainer.strip() == FED_TRAINER:
-        _fed_oneshot(ctx, epsilon=epsilon, delta=delta, canaries=canaries, data=data, seed=seed,
+        _fed_oneshot(ctx, epsilon=epsilon, delta=delta, canaries=canaries, data=data, seed=seed, alpha=alpha,
                      flags=fed_flags, out_dir=out_dir, as_json=as_json, quiet=quiet)
         return
     given_fed = [k for k, v in fed_flags.items() if v is not None]
@@ -153,8 +155,9 @@ def _print(result: Any, written: list[Path]) -> None:
 
 
 def _fed_oneshot(ctx: click.Context, *, epsilon: float, delta: float, canaries: int, data: str, seed: int,
-                 flags: dict[str, Any], out_dir: str | None, as_json: bool, quiet: bool) -> None:
-    """`--trainer dp-fedavg`: one-shot estimation of a DP-FedAvg run; prints claim and estimate, writes audit.json."""
+                 alpha: float, flags: dict[str, Any], out_dir: str | None, as_json: bool, quiet: bool) -> None:
+    """`--trainer dp-fedavg`: one-run audit of a DP-FedAvg run; prints claim, bound, estimate and verdict, writes
+    audit.json."""
     for key in _NOT_FED:
         if ctx.get_parameter_source(key) not in (None, click.core.ParameterSource.DEFAULT):
             raise BadInput(f"--{key.replace('_', '-')} does not apply to --trainer {FED_TRAINER}.")
@@ -167,7 +170,7 @@ def _fed_oneshot(ctx: click.Context, *, epsilon: float, delta: float, canaries: 
         settings = FederatedSettings(data=data, dp="client", target_epsilon=epsilon, delta=delta, seed=seed,
                                      **values)
         progress = None if (quiet or as_json) else (lambda msg: click.echo(msg, err=True))
-        result = fed_oneshot_estimate(settings, canaries=canaries, seed=seed, progress=progress,
+        result = fed_oneshot_estimate(settings, canaries=canaries, seed=seed, alpha=alpha, progress=progress,
                                       **({} if null is None else {"null_directions": null}))
     out = Path(out_dir) if out_dir else Path("audits") / f"{FED_TRAINER}-oneshot-eps{epsilon:g}-k{canaries}-seed{seed}"
     written = write_fed_oneshot(result, out)
@@ -176,7 +179,7 @@ def _fed_oneshot(ctx: click.Context, *, epsilon: float, delta: float, canaries: 
         payload["files"] = [str(p) for p in written]
         click.echo(json.dumps(payload, indent=2))
         if result.verdict == "FAIL":
-            ctx.exit(3)
+            ctx.exit(EXIT_FAIL)
         return
     r = result
     b = r.bound
@@ -197,4 +200,4 @@ def _fed_oneshot(ctx: click.Context, *, epsilon: float, delta: float, canaries: 
                                        "the lower bound does not exceed the claim (consistent; not a proof)"),
         f"  wrote {', '.join(str(p) for p in written)}"]))
     if r.verdict == "FAIL":
-        ctx.exit(3)
+        ctx.exit(EXIT_FAIL)

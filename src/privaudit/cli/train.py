@@ -49,7 +49,8 @@ def _read_config(path: str) -> dict[str, Any]:
               help="Let C follow a noisy quantile of the norms (Andrew et al. 2021); --max-grad-norm is the start.")
 @click.option("--target-quantile", type=float, help="Adaptive clipping: unclipped fraction to aim at [default: 0.5].")
 @click.option("--count-noise-std", type=float,
-              help="Adaptive clipping: noise on the unclipped count [default: expected batch / 20].")
+              help="Adaptive clipping: noise on the unclipped count [default: expected batch / 20; with "
+                   "--target-epsilon at least 5x the calibrated multiplier].")
 @click.option("--accountant", type=click.Choice(["pld", "rdp", "gdp"]), default="pld", show_default=True)
 @click.option("--physical-batch-size", type=int, help="Rows per forward pass (default: automatic).")
 @click.option("--no-dp", is_flag=True, help="Train the same model without DP (attack baseline).")

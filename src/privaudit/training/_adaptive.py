@@ -61,7 +61,9 @@ class AdaptiveClipping:
         target_quantile: gamma in (0, 1), the fraction of updates to leave unclipped (0.5: the median).
         learning_rate: eta_C > 0 of the geometric update (the paper recommends 0.2).
         count_noise_std: sigma_b, the std of the noise on the count; None picks the
-            paper's expected number of clients per round (or examples per batch) / 20.
+            paper's expected number of clients per round (or examples per batch) / 20, raised
+            to 5 z where DP-SGD calibrates a total multiplier z for a target epsilon
+            (`default_count_noise_std`).
     """
 
     target_quantile: float = 0.5

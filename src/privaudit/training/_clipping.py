@@ -49,10 +49,9 @@ class _Tap(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, *grads: torch.Tensor) -> Any:
-        # The graph outlives the backward pass as long as the loss is referenced (the
-        # trainer keeps it into the next physical batch): drop its link to the call, or
-        # the call's activations and gradients would stay alive with it.
-        call, ctx.call = ctx.call, None
+        # The call's tensors are dropped by `Capture.release` (the trainer calls it after every
+        # physical batch), not here: a second backward pass through a retained graph still works.
+        call = ctx.call
         call.grads = tuple(g.detach() for g in grads)
         if call.eager is not None:
             call.eager(call)

@@ -160,8 +160,9 @@ def make_private(
     ledger = PrivacyLedger() if ledger is None else ledger
     module.to(device)
     if no_dp:
-        if noise_multiplier is not None or target_epsilon is not None:
-            raise ValueError("Expected noise_multiplier=None and target_epsilon=None with no_dp=True.")
+        if noise_multiplier is not None or target_epsilon is not None or adaptive_clipping is not None:
+            raise ValueError("Expected noise_multiplier=None, target_epsilon=None and adaptive_clipping=None "
+                             "with no_dp=True.")
         pbs = physical_batch_size or math.ceil(expected_batch_size / world)
         sampler = ShuffleSampler(num_examples=n, batch_size=expected_batch_size, generator=sampler_gen)
         # Whole shuffled epochs: ceil(epochs * ceil(N / B)) batches, the last of each epoch smaller.

@@ -228,6 +228,7 @@ class PrivateTrainer:
                                       clipping=cfg.clipping, num_layers=num_layers, mask=mask, out=out)
             self._capture.release()
             loss_sum += loss.detach()
+            del losses, loss  # the graph (and the capture's calls it links to) ends with this physical batch
             norm_sum += (res.norms * mask).sum()
             clipped += ((res.norms > c) & mask).sum()
         # Gaussian noise N(0, sigma^2 C^2) added once to the clipped sum (Abadi et al. 2016,
