@@ -184,7 +184,8 @@ def centralised(model_name: str, train: tuple, test: tuple, *, seed: int, epochs
 def federated(cfg: Fed, train: tuple, test: tuple, *, seed: int) -> tuple[float, float | None]:
     """(test accuracy, noise multiplier) of one run, Dirichlet(0.5) clients, seeded by `seed`."""
     from privaudit.accounting import calibrate_noise_multiplier
-    from privaudit.training._fed_aggregate import AdaptiveClipping, DpFedAvg, update_noise_multiplier
+    from privaudit.training._adaptive import AdaptiveClipping, update_noise_multiplier
+    from privaudit.training._fed_aggregate import DpFedAvg
     from privaudit.training._fed_partition import partition_dirichlet
 
     part = partition_dirichlet(train[1].numpy(), num_clients=cfg.clients, alpha=0.5, seed=seed)

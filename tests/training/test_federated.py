@@ -13,8 +13,8 @@ from scipy import stats
 
 from privaudit.accounting import (GaussianEvent, PoissonSampledEvent, SampledWithoutReplacementEvent,
                                   flatten_event, make_accountant)
-from privaudit.training._fed_aggregate import (AdaptiveClipping, DpFedAvg, FedAvg, clip_updates,
-                                               effective_noise_multiplier, update_noise_multiplier)
+from privaudit.training._adaptive import AdaptiveClipping, effective_noise_multiplier, update_noise_multiplier
+from privaudit.training._fed_aggregate import DpFedAvg, FedAvg, clip_updates
 from privaudit.training._fed_partition import (Partition, partition_by_owner, partition_dirichlet,
                                                partition_iid)
 

@@ -25,7 +25,8 @@ from . import _per_sample
 from ._attention import MultiheadAttentionGrads, mha_is_native
 from ._conv import ConvGrads
 from ._fallback import FallbackGrads
-from ._per_sample import Call, EmbeddingGrads, LinearGrads, UnitGrads, chunk_budget, norm_layer_grads, sq_norm
+from ._per_sample import (Call, EmbeddingGrads, LinearGrads, UnitGrads, _chunks, chunk_budget, norm_layer_grads,
+                          sq_norm)
 
 __all__ = ["ClipResult", "GradCapture", "Unit", "clip_and_accumulate", "find_units", "native_kernel_for",
            "plan_chunks"]
@@ -269,7 +270,7 @@ def plan_chunks(grads: list[UnitGrads], batch: int) -> tuple[list[int], list[tup
         order = sorted(fused, key=lambda i: (costs[i][0], i), reverse=True)
         if not any(grads[i].demote() for i in order):  # any() stops at the first demoted
             break
-    return fused, [(s, min(batch, s + step)) for s in range(0, batch, step)] if fused else []
+    return fused, _chunks(batch, per_example, budget) if fused else []
 
 
 def clip_and_accumulate(

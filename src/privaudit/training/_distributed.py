@@ -40,9 +40,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistContext", "init_distributed", "launched_by_torchrun", "tensor_digest"]
+from ._noise import _SEED_BITS
 
-_SEED_BITS = 63
+__all__ = ["DistContext", "init_distributed", "launched_by_torchrun", "tensor_digest"]
 
 
 def launched_by_torchrun() -> bool:
@@ -154,9 +154,11 @@ class DistContext:
         """Overwrites each tensor with rank `src`'s value."""
         with torch.no_grad():
             for t in tensors:
-                buf = t.detach() if t.is_contiguous() else t.detach().contiguous()
-                dist.broadcast(buf, src=src)
-                if buf is not t:
+                if t.is_contiguous():
+                    dist.broadcast(t.detach(), src=src)  # a view of t's memory: received in place
+                else:
+                    buf = t.detach().contiguous()
+                    dist.broadcast(buf, src=src)
                     t.copy_(buf)
 
     def broadcast_object(self, obj: Any, src: int = 0) -> Any:

@@ -24,10 +24,8 @@ from .. import _validate
 from ..accounting import (DpEvent, GaussianEvent, NoOpEvent, PoissonSampledEvent, PrivacyLedger,
                           SampledWithoutReplacementEvent)
 from ._adaptive import AdaptiveClipping, default_count_noise_std, effective_noise_multiplier, next_clipping_norm
-from ._adaptive import update_noise_multiplier as update_noise_multiplier
 
-__all__ = ["AdaptiveClipping", "Aggregator", "DpFedAvg", "DpRoundStats", "FedAvg", "clip_updates",
-           "effective_noise_multiplier", "update_noise_multiplier"]
+__all__ = ["Aggregator", "DpFedAvg", "DpRoundStats", "FedAvg", "clip_updates"]
 
 WEIGHTINGS = ("num_examples", "uniform")
 
